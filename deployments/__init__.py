@@ -1,0 +1,1 @@
+"""deployments: see DESIGN.md (deployments -> flows -> tasks -> rlhf_core)."""

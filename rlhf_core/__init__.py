@@ -1,0 +1,48 @@
+"""rlhf_core: SFT, reward, DPO and PPO trainers in the shape TRL users know, with fused loss kernels.
+
+Public names are re-exported here and imported lazily, so `import rlhf_core` stays cheap and loads
+neither prefect nor mlflow (the pipeline layers above import those).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # trainers and their configs
+    "SFTConfig": "rlhf_core.trainers.sft_config",
+    "SFTTrainer": "rlhf_core.trainers.sft",
+    "RewardConfig": "rlhf_core.trainers.reward_config",
+    "RewardTrainer": "rlhf_core.trainers.reward",
+    "DPOConfig": "rlhf_core.trainers.dpo_config",
+    "DPOTrainer": "rlhf_core.trainers.dpo",
+    "PPOConfig": "rlhf_core.trainers.ppo_config",
+    "PPOTrainer": "rlhf_core.trainers.ppo",
+    # models
+    "AutoModelForCausalLMWithValueHead": "rlhf_core.models.value_head",
+    "create_reference_model": "rlhf_core.models.reference",
+    # kernels
+    "fused_linear_logprobs": "rlhf_core.kernels",
+    "fused_linear_cross_entropy": "rlhf_core.kernels",
+    # data
+    "SyntheticTask": "rlhf_core.data.synthetic",
+    "DataFormatError": "rlhf_core.data.formats",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'rlhf_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

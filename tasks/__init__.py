@@ -1,0 +1,1 @@
+"""tasks: see DESIGN.md (deployments -> flows -> tasks -> rlhf_core)."""
