@@ -1,0 +1,71 @@
+"""Next-token sampling: temperature, top-k and nucleus (top-p) filtering on a [B, V] logits row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next token.
+
+    temperature: logits are divided by it before softmax (log-probs for PPO must use the same value).
+    top_k: keep the k most likely tokens (0 or None: no limit). top_p: keep the smallest set of tokens
+    whose probability mass reaches p (1.0: no limit). do_sample=False: greedy (argmax).
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    do_sample: bool = True
+
+    def __post_init__(self) -> None:
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
+
+
+def top_k_top_p_filtering(
+    logits: torch.Tensor,
+    top_k: int | None = 0,
+    top_p: float = 1.0,
+    filter_value: float = -float("inf"),
+    min_tokens_to_keep: int = 1,
+) -> torch.Tensor:
+    """Set to ``filter_value`` the logits outside the top-k and outside the top-p nucleus. [..., V]."""
+    logits = logits.clone()
+    vocab = logits.shape[-1]
+    if top_k:
+        k = min(max(int(top_k), min_tokens_to_keep), vocab)
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, filter_value)
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the mass strictly before it already reaches top_p, so the token that
+        # crosses the threshold stays in the nucleus.
+        remove_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        remove_sorted[..., :min_tokens_to_keep] = False
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, filter_value)
+    return logits
+
+
+def sample_next_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Pick one token per row from ``logits`` [B, V] -> [B] long."""
+    if not params.do_sample:
+        return logits.argmax(dim=-1)
+    scores = logits.float()
+    if params.temperature != 1.0:
+        scores = scores / params.temperature
+    if params.top_k or params.top_p < 1.0:
+        scores = top_k_top_p_filtering(scores, top_k=params.top_k, top_p=params.top_p)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
