@@ -83,7 +83,9 @@ def whiten(values: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     return masked_whiten(values, torch.ones_like(values), shift_mean=shift_mean)
 
 
-def clip_by_value(x: torch.Tensor, tensor_min: torch.Tensor | float, tensor_max: torch.Tensor | float) -> torch.Tensor:
+def clip_by_value(
+    x: torch.Tensor, tensor_min: torch.Tensor | float, tensor_max: torch.Tensor | float
+) -> torch.Tensor:
     """Element-wise clamp between two bounds that may be tensors."""
     lower = torch.as_tensor(tensor_min, dtype=x.dtype, device=x.device)
     upper = torch.as_tensor(tensor_max, dtype=x.dtype, device=x.device)

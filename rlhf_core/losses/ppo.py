@@ -97,7 +97,9 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, *, estimator: str 
     try:
         fn = KL_ESTIMATORS[estimator]
     except KeyError:
-        raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {sorted(KL_ESTIMATORS)}") from None
+        raise ValueError(
+            f"unknown KL estimator {estimator!r}; choose one of {sorted(KL_ESTIMATORS)}"
+        ) from None
     return fn(logps, ref_logps)
 
 

@@ -53,7 +53,9 @@ def test_masked_whiten_centres_and_scales_over_the_mask():
     whitened = masked_whiten(values, mask)
     assert whitened[:3].tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-6)
     # shift_mean=False keeps the mean: (v - 2) / 1 + 2
-    assert masked_whiten(values, mask, shift_mean=False)[:3].tolist() == pytest.approx([1.0, 2.0, 3.0], abs=1e-6)
+    assert masked_whiten(values, mask, shift_mean=False)[:3].tolist() == pytest.approx(
+        [1.0, 2.0, 3.0], abs=1e-6
+    )
 
 
 def test_kl_estimators_on_one_token():
