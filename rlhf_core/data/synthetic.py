@@ -283,7 +283,7 @@ def score_response(prompt: str | Sequence[Mapping[str, Any]], response: str) -> 
 
     Examples for "Name two fruits." (preferred fruits: mango, cherry, plum): "Two fruits: mango, cherry." 1.0;
     "Two fruits: mango, apple." 0.75; "Two fruits: apple, pear." 0.5; "Two fruits: mango, mango." 0.65;
-    "Three fruits: mango, cherry, plum." 0.9 (header and count wrong, preferred 3/3); "mango and cherry" 0.0.
+    "Three fruits: mango, cherry, plum." 0.8 (header and count wrong, preferred 3/3); "mango and cherry" 0.0.
     """
     cat, k = parse_prompt(prompt)
     parts = dict.fromkeys(("format", "header", "count", "category", "distinct", "preferred"), Fraction(0))

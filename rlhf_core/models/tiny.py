@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from rlhf_core.data.synthetic import SyntheticTask
 from rlhf_core.models.tokenizer import CHAT_TEMPLATE, DEFAULT_VOCAB_SIZE, SPECIAL_TOKENS, train_tokenizer
 
 logger = logging.getLogger(__name__)
+# Seeding the global torch RNG is only safe for one build at a time per process (threads share it); processes
+# are kept apart by the atomic rename instead.
+_BUILD_LOCK = threading.Lock()
 
 TINY_MODEL = "rlhf-tiny"
 # Bump when the build changes in a way the hashed recipe does not capture (e.g. how weights are initialised).
@@ -71,17 +75,20 @@ def tiny_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        build_tiny_model(tmp)
+    with _BUILD_LOCK:
+        if (target / "config.json").is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
         try:
-            os.rename(tmp, target)
-            logger.info("built the tiny model in %s", target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            build_tiny_model(tmp)
+            try:
+                os.rename(tmp, target)
+                logger.info("built the tiny model in %s", target)
+            except OSError:
+                if not (target / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
