@@ -281,3 +281,16 @@ def test_resolve_pad_token(tokenizer, caplog):
     tokenizer.eos_token = None
     with pytest.raises(ValueError, match="neither a pad token nor an eos token"):
         resolve_pad_token_id(tokenizer)
+
+
+def test_tokenizer_without_eos_ends_completions_with_its_own_suffix(tokenizer):
+    # an encoder-style tokenizer (BERT family): no eos, its post-processor wraps text as "[CLS] text [SEP]"
+    bos, sep = tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<|system|>")
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A <|system|>", special_tokens=[("<|bos|>", bos), ("<|system|>", sep)]
+    )
+    tokenizer.eos_token = None
+    assert special_tokens(tokenizer).prefix == (bos,) and special_tokens(tokenizer).end == (sep,)
+    ds, _ = tokenize_preference([{"prompt": "Q", "chosen": " a", "rejected": " b"}], tokenizer)
+    assert ds[0]["prompt_input_ids"] == [bos] + enc(tokenizer, "Q")
+    assert ds[0]["chosen_input_ids"] == enc(tokenizer, " a") + [sep]
