@@ -1,0 +1,222 @@
+"""Fused linear -> log-prob kernel vs the naive ``logits.log_softmax(-1).gather``: extra peak memory and time.
+
+Default workload (issue 2): forward + backward of per-token log-probs at N=4096, H=512, V=32000, fp32,
+on the CPU with 2 threads; the upstream gradient is a random per-token weight (as PPO's), so the
+fused op takes its general recompute path. Each variant runs in a FRESH subprocess:
+
+- extra peak memory: peak RSS during the first full-size forward+backward (after one tiny warm-up
+  step) minus the RSS once the inputs exist (Linux: the kernel's peak-RSS counter is reset via /proc/self/clear_refs just before the step;
+  elsewhere ru_maxrss is used, which can only over-count the baseline). It includes the gradients
+  themselves (weight gradient ~ V*H*4 bytes), which is the floor for any implementation;
+- time: median wall time of ``--repeats`` forward+backward steps after one warm-up step.
+
+Targets (printed beside the numbers): fused extra peak <= 0.1x naive, fused time <= 0.6x naive.
+Timings are noisy on a shared machine; run it twice. ``--smoke`` runs a small shape in seconds.
+
+    python benchmarks/bench_kernels.py                # the issue's workload
+    python benchmarks/bench_kernels.py --ops logprobs,cross_entropy --chunk-sizes 64,128,256
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+PEAK_TARGET = 0.10
+TIME_TARGET = 0.60
+MIB = 2**20
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_bytes(exact: bool) -> int:
+    if exact and (hwm := _status_kib("VmHWM")) is not None:
+        return hwm * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def _current_rss_bytes() -> int:
+    rss = _status_kib("VmRSS")
+    if rss is not None:
+        return rss * 1024
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _make_step(op: str, variant: str, chunk_size: int | None):
+    import torch
+    import torch.nn.functional as F
+
+    from rlhf_core.kernels import fused_linear_cross_entropy, fused_linear_logprobs
+
+    def step(hidden, weight, labels, upstream):
+        if variant == "naive":
+            logits = hidden @ weight.T
+            if op == "logprobs":
+                logps = logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+                loss = (logps * upstream).sum()
+            else:
+                loss = F.cross_entropy(logits, labels)
+        elif op == "logprobs":
+            logps = fused_linear_logprobs(hidden, weight, labels, chunk_size=chunk_size, backend="torch")
+            loss = (logps * upstream).sum()
+        else:
+            loss = fused_linear_cross_entropy(hidden, weight, labels, chunk_size=chunk_size, backend="torch")
+        loss.backward()
+        del loss
+        hidden.grad = weight.grad = None
+
+    del torch
+    return step
+
+
+def run_worker(args: argparse.Namespace) -> dict:
+    """One variant in this (fresh) process: memory first, then timings."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(args.n, args.h, generator=generator).requires_grad_()
+    weight = (torch.randn(args.v, args.h, generator=generator) * 0.02).requires_grad_()
+    labels = torch.randint(0, args.v, (args.n,), generator=generator)
+    upstream = torch.randn(args.n, generator=generator)
+    step = _make_step(args.op, args.variant, args.chunk_size)
+    # One tiny step first so one-time costs (thread pools, lazy initialisation) are not counted as the
+    # op's memory; it is too small to leave big blocks cached in the allocator.
+    tiny = [t[:8].detach().clone().requires_grad_(t.requires_grad) for t in (hidden, weight)]
+    step(tiny[0], tiny[1], labels[:8] % 8, upstream[:8])
+
+    gc.collect()
+    exact = _reset_peak_rss()
+    baseline = _current_rss_bytes() if exact else _peak_rss_bytes(False)
+    start = time.perf_counter()
+    step(hidden, weight, labels, upstream)
+    first = time.perf_counter() - start
+    extra_peak = _peak_rss_bytes(exact) - baseline
+
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step(hidden, weight, labels, upstream)
+        times.append(time.perf_counter() - start)
+    return {
+        "variant": args.variant,
+        "op": args.op,
+        "chunk_size": args.chunk_size,
+        "extra_peak_mib": extra_peak / MIB,
+        "exact_peak": exact,
+        "first_step_s": first,
+        "median_s": statistics.median(times),
+        "times_s": times,
+    }
+
+
+def _spawn(args: argparse.Namespace, op: str, variant: str, chunk_size: int | None) -> dict:
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "--op",
+        op,
+        "--variant",
+        variant,
+        "--n",
+        str(args.n),
+        "--h",
+        str(args.h),
+        "--v",
+        str(args.v),
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+    ]
+    if chunk_size:
+        command += ["--chunk-size", str(chunk_size)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"worker {op}/{variant} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _report(op: str, naive: dict, fused_runs: list[dict]) -> None:
+    print(f"\n== {op}: forward+backward ==")
+    print(f"{'variant':<22}{'extra peak MiB':>16}{'median s':>11}{'peak ratio':>12}{'time ratio':>12}")
+    print(f"{'naive':<22}{naive['extra_peak_mib']:>16.1f}{naive['median_s']:>11.3f}{'1.00':>12}{'1.00':>12}")
+    for run in fused_runs:
+        peak_ratio = run["extra_peak_mib"] / naive["extra_peak_mib"]
+        time_ratio = run["median_s"] / naive["median_s"]
+        name = f"fused (chunk {run['chunk_size'] or 'auto'})"
+        print(
+            f"{name:<22}{run['extra_peak_mib']:>16.1f}{run['median_s']:>11.3f}{peak_ratio:>12.3f}{time_ratio:>12.3f}"
+        )
+        verdict_peak = "met" if peak_ratio <= PEAK_TARGET else "NOT met"
+        verdict_time = "met" if time_ratio <= TIME_TARGET else "NOT met"
+        print(
+            f"{'':<22}targets: extra peak <= {PEAK_TARGET:.2f}x naive ({verdict_peak}), "
+            f"time <= {TIME_TARGET:.2f}x naive ({verdict_time})"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--h", type=int, default=512)
+    parser.add_argument("--v", type=int, default=32000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ops", default="logprobs", help="comma list of logprobs, cross_entropy")
+    parser.add_argument(
+        "--chunk-sizes", default="auto", help="comma list of fused chunk sizes ('auto' = default)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="small shape (N=512, V=4000), 2 repeats")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--op", default="logprobs", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="fused", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_worker(args)))
+        return 0
+    if args.smoke:
+        args.n, args.v, args.repeats = 512, 4000, 2
+    chunk_sizes = [None if c.strip() == "auto" else int(c) for c in args.chunk_sizes.split(",")]
+    print(
+        f"N={args.n} H={args.h} V={args.v} fp32 CPU, torch threads={args.threads}, "
+        f"{args.repeats} timed repeats, one fresh process per variant"
+    )
+    for op in args.ops.split(","):
+        naive = _spawn(args, op, "naive", None)
+        fused_runs = [_spawn(args, op, "fused", chunk) for chunk in chunk_sizes]
+        _report(op, naive, fused_runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

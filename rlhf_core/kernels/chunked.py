@@ -1,0 +1,364 @@
+"""Chunked linear -> log-prob / cross-entropy autograd functions that never build ``[N, V]`` logits.
+
+Per chunk of rows the logits ``(h_c @ W.T + b) / T`` are written into one reused fp32 buffer
+``[C, V]``; a ``RowSoftmaxOps`` backend (torch here, Triton on CUDA) reduces them to per-row
+statistics. What is kept between forward and backward is ``[N]``-sized (the rows' logsumexp), so
+the extra memory is the weight gradient plus one chunk of logits.
+
+Gradients: with ``logp_i = z_i[y_i] - lse(z_i)`` and ``z = (h W^T + b) / T``, an upstream ``g_i`` gives
+``dL/d(hW^T + b)_i = -(g_i / T) * (softmax(z_i) - onehot(y_i))``. The chunk buffer is turned into
+``D = softmax - onehot`` in place (one softmax pass plus a C-element scatter) and three matmuls give
+``grad_h = -coef * (D @ W)``, ``grad_W += -D^T @ (coef * h)`` and ``grad_b += -D^T @ coef``, accumulated
+in fp32 whatever the input dtype (bf16 inputs: the logits matmul runs in bf16, everything after it
+in fp32; gradients are returned in the input dtype). fp64 inputs run in fp64 throughout (gradcheck).
+
+- ``LinearLogprobsFunction`` (per-token log-probs, any upstream gradient): recomputes each chunk's
+  logits in backward (4 matmuls in all against naive's 3, but no ``[N, V]`` traffic).
+- ``LinearCrossEntropyFunction`` (``mean``/``sum``: the upstream gradient is a scalar): computes the
+  gradients during the forward pass and only rescales them in backward, so no recompute (3 matmuls).
+
+Rows whose label is ``ignore_index`` are dropped before any matmul (prompt and padding tokens cost
+nothing), and so are rows whose upstream gradient is exactly 0 in backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from rlhf_core.kernels.row_softmax import RowSoftmaxOps, TorchRowSoftmax
+
+__all__ = [
+    "LinearCrossEntropyFunction",
+    "accumulation_dtype",
+    "LinearLogprobsFunction",
+    "chunked_linear_cross_entropy",
+    "chunked_linear_logprobs",
+    "default_chunk_size",
+]
+
+# Why these sizes: the chunk of logits is the only [rows, V] tensor alive, so it sets the memory above
+# the weight gradient; but each chunk's three GEMMs re-stream the whole weight ([V, H], 65 MB at the
+# benchmark's V=32000, H=512: more than the last-level cache) and re-read/write the fp32 weight-gradient
+# accumulator, so too few rows per chunk turns the GEMMs memory-bound. On the 2-core benchmark CPU 64 MiB
+# (512 rows at V=32k) is where the GEMMs approach their full-matrix rate, while weight gradient + chunk
+# stays well under 0.1x of the naive op's extra peak. On CUDA a larger chunk amortises kernel launches
+# and still is a small fraction of GPU memory.
+CPU_CHUNK_BYTES = 64 * 2**20
+CUDA_CHUNK_BYTES = 256 * 2**20
+MIN_CHUNK_ROWS = 16
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32/bf16/fp16 inputs, fp64 for fp64 ones."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def default_chunk_size(n_rows: int, vocab_size: int, device: torch.device | str = "cpu") -> int:
+    """Rows per chunk so that one fp32 chunk of logits is about ``CPU_CHUNK_BYTES`` (``CUDA_CHUNK_BYTES``).
+
+    Rounded down to a multiple of 16 rows (GEMM-friendly), at least ``MIN_CHUNK_ROWS``, at most ``n_rows``.
+    """
+    budget = CUDA_CHUNK_BYTES if torch.device(device).type == "cuda" else CPU_CHUNK_BYTES
+    rows = max(MIN_CHUNK_ROWS, budget // (4 * max(1, vocab_size)) // 16 * 16)
+    return max(1, min(rows, n_rows))
+
+
+class _TokenRows:
+    """The rows that take part: all ``N`` (``index is None``) or the subset ``index`` (ascending)."""
+
+    def __init__(self, index: torch.Tensor | None, targets: torch.Tensor, n_total: int) -> None:
+        self.index = index
+        self.targets = targets
+        self.n_total = n_total
+
+    @classmethod
+    def where(cls, keep: torch.Tensor, labels: torch.Tensor) -> _TokenRows:
+        if bool(keep.all()):
+            return cls(None, labels, labels.shape[0])
+        index = keep.nonzero().squeeze(1)
+        return cls(index, labels.index_select(0, index), labels.shape[0])
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def subset(self, keep: torch.Tensor) -> _TokenRows:
+        """Rows of this selection where ``keep [len(self)]`` is true."""
+        if bool(keep.all()):
+            return self
+        local = keep.nonzero().squeeze(1)
+        index = local if self.index is None else self.index.index_select(0, local)
+        return _TokenRows(index, self.targets.index_select(0, local), self.n_total)
+
+    def hidden(self, hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        if self.index is None:
+            return hidden[start:end]
+        return hidden.index_select(0, self.index[start:end])
+
+    def gather(self, per_token: torch.Tensor) -> torch.Tensor:
+        """``[N] -> [len(self)]``."""
+        return per_token if self.index is None else per_token.index_select(0, self.index)
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """``[len(self)] -> [N]`` with zeros at the rows left out."""
+        if self.index is None:
+            return values
+        return values.new_zeros(self.n_total).index_copy_(0, self.index, values)
+
+    def write_rows(self, out: torch.Tensor, start: int, end: int, values: torch.Tensor) -> None:
+        if self.index is None:
+            out[start:end].copy_(values)
+        else:
+            out.index_copy_(0, self.index[start:end], values.to(out.dtype))
+
+
+def _chunk_logits(
+    out: torch.Tensor, h_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inv_t: float
+) -> None:
+    """``out[C, V] (fp32) = (h_c @ weight.T + bias) * inv_t``, without a temporary for fp32 inputs."""
+    w_t = weight.t()
+    if h_c.dtype == out.dtype:
+        # The temperature rides on the GEMM's alpha/beta: no extra pass over the chunk.
+        if bias is None:
+            torch.addmm(out, h_c, w_t, beta=0.0, alpha=inv_t, out=out)
+        else:
+            torch.addmm(bias, h_c, w_t, beta=inv_t, alpha=inv_t, out=out)
+        return
+    # Low-precision inputs: the GEMM runs (with fp32 accumulation inside) in the input dtype, as the
+    # model's own LM head would; the softmax statistics then run in fp32.
+    raw = torch.mm(h_c, w_t) if bias is None else torch.addmm(bias, h_c, w_t)
+    out.copy_(raw)
+    if inv_t != 1.0:
+        out.mul_(inv_t)
+
+
+def _chunks(
+    rows: _TokenRows,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    inv_t: float,
+    chunk_size: int | None,
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(start, end, h_c, targets_c, logits_c)`` with ``logits_c`` in one buffer reused by all chunks."""
+    n = len(rows)
+    if n == 0:
+        return
+    vocab = weight.shape[0]
+    size = chunk_size or default_chunk_size(n, vocab, hidden.device)
+    buffer = torch.empty((min(size, n), vocab), dtype=accumulation_dtype(hidden.dtype), device=hidden.device)
+    for start in range(0, n, size):
+        end = min(start + size, n)
+        h_c = rows.hidden(hidden, start, end)
+        logits = buffer[: end - start]
+        _chunk_logits(logits, h_c, weight, bias, inv_t)
+        yield start, end, h_c, rows.targets[start:end], logits
+
+
+class _GradBuffers:
+    """fp32 accumulators for the weight and bias gradients; the hidden gradient is written row by row."""
+
+    def __init__(
+        self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, needs: tuple[bool, ...]
+    ) -> None:
+        self.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        acc = {"dtype": accumulation_dtype(weight.dtype), "device": weight.device}
+        self.hidden = torch.zeros_like(hidden) if needs[0] else None
+        self.weight = torch.zeros(weight.shape, **acc) if needs[1] else None
+        self.bias = torch.zeros(weight.shape[0], **acc) if bias is not None and needs[2] else None
+
+    def results(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        weight = None if self.weight is None else self.weight.to(self.dtypes[1])
+        bias = None if self.bias is None else self.bias.to(self.dtypes[2])
+        return self.hidden, weight, bias
+
+
+def _accumulate_chunk_grads(
+    grads: _GradBuffers,
+    probs: torch.Tensor,
+    h_c: torch.Tensor,
+    targets: torch.Tensor,
+    coef: torch.Tensor,
+    weight: torch.Tensor,
+    rows: _TokenRows,
+    start: int,
+    end: int,
+) -> None:
+    """Add the gradient of ``sum_i coef_i * T * logp_i`` for one chunk; ``probs`` is the chunk's softmax.
+
+    ``coef [C]`` is ``upstream_grad / T`` in ``probs.dtype``. ``probs`` is overwritten with ``softmax - onehot``.
+    """
+    index = targets.unsqueeze(1)
+    # The one-hot is subtracted in fp32 before any low-precision cast, so p_y ~ 1 does not cancel.
+    probs.scatter_(1, index, probs.gather(1, index).sub_(1.0))
+    coef_col = coef.unsqueeze(1)
+    if grads.hidden is not None:
+        delta = probs if probs.dtype == weight.dtype else probs.to(weight.dtype)
+        grad_h = torch.mm(delta, weight).to(probs.dtype).mul_(coef_col).neg_()
+        rows.write_rows(grads.hidden, start, end, grad_h)
+    if grads.weight is not None:
+        scaled_h = h_c.to(probs.dtype) * coef_col
+        grads.weight.addmm_(probs.t(), scaled_h, alpha=-1.0)
+    if grads.bias is not None:
+        grads.bias.addmv_(probs.t(), coef, alpha=-1.0)
+
+
+class LinearLogprobsFunction(torch.autograd.Function):
+    """``(logps [N], entropy [N] detached or empty)`` in fp32 (fp64 for fp64 inputs); backward recomputes
+    each chunk's logits."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        labels: torch.Tensor,
+        ignore_index: int,
+        temperature: float,
+        chunk_size: int | None,
+        return_entropy: bool,
+        ops: RowSoftmaxOps,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = _TokenRows.where(labels != ignore_index, labels)
+        inv_t = 1.0 / temperature
+        logp = hidden.new_empty(len(rows), dtype=accumulation_dtype(hidden.dtype))
+        lse = torch.empty_like(logp)
+        entropy = torch.empty_like(logp) if return_entropy else None
+        for start, end, _, targets, logits in _chunks(rows, hidden, weight, bias, inv_t, chunk_size):
+            entropy_c = None if entropy is None else entropy[start:end]
+            ops.log_softmax_stats(logits, targets, logp[start:end], lse[start:end], entropy_c)
+        ctx.save_for_backward(hidden, weight, bias, lse, rows.index, rows.targets)
+        ctx.inv_t, ctx.chunk_size, ctx.ops, ctx.n_total = inv_t, chunk_size, ops, labels.shape[0]
+        entropy_out = rows.scatter(entropy) if entropy is not None else logp.new_empty(0)
+        ctx.mark_non_differentiable(entropy_out)
+        return rows.scatter(logp), entropy_out
+
+    @staticmethod
+    def backward(ctx, grad_logp: torch.Tensor, grad_entropy: torch.Tensor | None):  # type: ignore[override]
+        del grad_entropy  # entropy is a detached statistic
+        hidden, weight, bias, lse, index, targets = ctx.saved_tensors
+        rows = _TokenRows(index, targets, ctx.n_total)
+        coef = rows.gather(grad_logp.to(lse.dtype)) * ctx.inv_t
+        active = coef != 0
+        rows, coef, lse = rows.subset(active), coef[active], lse[active]
+        grads = _GradBuffers(hidden, weight, bias, ctx.needs_input_grad[:3])
+        for start, end, h_c, targets_c, logits in _chunks(
+            rows, hidden, weight, bias, ctx.inv_t, ctx.chunk_size
+        ):
+            ctx.ops.softmax_(logits, lse[start:end])
+            _accumulate_chunk_grads(grads, logits, h_c, targets_c, coef[start:end], weight, rows, start, end)
+        return (*grads.results(), None, None, None, None, None, None)
+
+
+class LinearCrossEntropyFunction(torch.autograd.Function):
+    """Scalar cross-entropy (``mean`` over non-ignored tokens, or ``sum``) with gradients computed in forward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        labels: torch.Tensor,
+        ignore_index: int,
+        temperature: float,
+        chunk_size: int | None,
+        reduction: str,
+        ops: RowSoftmaxOps,
+    ) -> torch.Tensor:
+        rows = _TokenRows.where(labels != ignore_index, labels)
+        n, inv_t = len(rows), 1.0 / temperature
+        # mean over zero tokens is 0/0 = nan, as in torch.nn.functional.cross_entropy.
+        scale = (1.0 / n if n else float("nan")) if reduction == "mean" else 1.0
+        grads = (
+            _GradBuffers(hidden, weight, bias, ctx.needs_input_grad[:3])
+            if any(ctx.needs_input_grad[:3])
+            else None
+        )
+        logp = hidden.new_empty(n, dtype=accumulation_dtype(hidden.dtype))
+        lse = torch.empty_like(logp)
+        for start, end, h_c, targets, logits in _chunks(rows, hidden, weight, bias, inv_t, chunk_size):
+            if grads is None:
+                ops.log_softmax_stats(logits, targets, logp[start:end], lse[start:end], None)
+                continue
+            ops.log_softmax_stats_and_softmax_(logits, targets, logp[start:end], lse[start:end])
+            # loss = -scale * sum(logp): upstream gradient of each logp is -scale.
+            coef = torch.full((end - start,), -scale * inv_t, dtype=logits.dtype, device=logits.device)
+            _accumulate_chunk_grads(grads, logits, h_c, targets, coef, weight, rows, start, end)
+        ctx.grads = None if grads is None else grads.results()
+        return logp.sum().neg_() * scale
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):  # type: ignore[override]
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError(
+                "fused_linear_cross_entropy computes its gradients during forward and hands them on in the "
+                "first backward; a second backward through the same graph (retain_graph=True) is not supported"
+            )
+        ctx.grads = None  # the stored gradients are weight-sized: free them as soon as they are handed on
+        if float(grad_loss) != 1.0:
+            grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in grads)
+        return (*grads, None, None, None, None, None, None)
+
+
+def chunked_linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    chunk_size: int | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    ops: RowSoftmaxOps | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs ``[N]`` (fp32, 0 at ignored rows) of ``labels`` under ``softmax((hW^T + b) / T)``.
+
+    No input checks: call ``rlhf_core.kernels.fused_linear_logprobs`` unless you validated the inputs.
+    """
+    logp, entropy = LinearLogprobsFunction.apply(
+        hidden,
+        weight,
+        bias,
+        labels,
+        ignore_index,
+        temperature,
+        chunk_size,
+        return_entropy,
+        ops or TorchRowSoftmax(),
+    )
+    return (logp, entropy) if return_entropy else logp
+
+
+def chunked_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    chunk_size: int | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    temperature: float = 1.0,
+    ops: RowSoftmaxOps | None = None,
+) -> torch.Tensor:
+    """Token cross-entropy; ``reduction="none"`` is ``-logps`` through the recomputing log-prob function."""
+    ops = ops or TorchRowSoftmax()
+    if reduction == "none":
+        return -chunked_linear_logprobs(
+            hidden,
+            weight,
+            labels,
+            bias,
+            chunk_size=chunk_size,
+            ignore_index=ignore_index,
+            temperature=temperature,
+            ops=ops,
+        )
+    return LinearCrossEntropyFunction.apply(
+        hidden, weight, bias, labels, ignore_index, temperature, chunk_size, reduction, ops
+    )

@@ -1,0 +1,92 @@
+"""Row-wise softmax statistics on one chunk of logits: the part of the fused ops a backend replaces.
+
+The chunk driver (``chunked.py``) owns the matmuls; per chunk it hands a ``[C, V]`` fp32 buffer of
+logits (already divided by the temperature) to a ``RowSoftmaxOps``. The torch implementation here
+runs anywhere; ``triton_logprobs.TritonRowSoftmax`` does the same with Triton kernels on CUDA.
+
+Only three operations are needed, because the gradient ``coef * (onehot(target) - softmax)`` is never
+written out: the driver applies the one-hot part to ``[C, H]``-sized tensors (``index_add_``) and feeds
+the plain softmax to the matmuls. So the only full passes over a chunk are one log-softmax in the
+forward and one softmax in the backward.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+__all__ = ["RowSoftmaxOps", "TorchRowSoftmax"]
+
+
+class RowSoftmaxOps(Protocol):
+    """Operations on a chunk ``logits [C, V]`` (fp32, contiguous) with ``targets [C]`` (long, all valid)."""
+
+    def log_softmax_stats(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        logp_out: torch.Tensor,
+        lse_out: torch.Tensor,
+        entropy_out: torch.Tensor | None,
+    ) -> None:
+        """Write ``log softmax(logits)[target]``, ``logsumexp(logits)`` and (optionally) the entropy of each row
+        into the ``[C]`` fp32 outputs. ``logits`` may be overwritten."""
+
+    def softmax_(self, logits: torch.Tensor, lse: torch.Tensor) -> None:
+        """Replace ``logits`` by ``softmax(logits)`` in place; ``lse`` is the rows' logsumexp."""
+
+    def log_softmax_stats_and_softmax_(
+        self, logits: torch.Tensor, targets: torch.Tensor, logp_out: torch.Tensor, lse_out: torch.Tensor
+    ) -> None:
+        """``log_softmax_stats`` without entropy, then leave ``softmax(logits)`` in ``logits``."""
+
+
+class TorchRowSoftmax:
+    """Portable implementation: ATen's fused, vectorised (log_)softmax kernels, run in place."""
+
+    def __init__(self) -> None:
+        # Entropy needs p and log p at once; one scratch chunk is kept for the whole call instead of
+        # allocating (and page-faulting) a fresh [C, V] temporary per chunk.
+        self._scratch: torch.Tensor | None = None
+
+    def log_softmax_stats(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        logp_out: torch.Tensor,
+        lse_out: torch.Tensor,
+        entropy_out: torch.Tensor | None,
+    ) -> None:
+        index = targets.unsqueeze(1)
+        target_logits = logits.gather(1, index).squeeze(1)
+        torch.log_softmax(logits, 1, out=logits)
+        torch.gather(logits, 1, index, out=logp_out.unsqueeze(1))
+        # logsumexp recovered from the target's log-prob: one rounding of the lse, no extra pass.
+        torch.sub(target_logits, logp_out, out=lse_out)
+        if entropy_out is not None:
+            probs = torch.exp(logits, out=self._scratch_like(logits))
+            # -sum(p * log p) as a batched dot product, so no [C, V] product is allocated.
+            row_dot = torch.bmm(probs.unsqueeze(1), logits.unsqueeze(2)).view(-1)
+            torch.neg(row_dot, out=entropy_out)
+
+    def softmax_(self, logits: torch.Tensor, lse: torch.Tensor) -> None:
+        # One fused pass (max, exp-sum, scale per row, all in cache) beats sub_ + exp_ with the saved lse.
+        del lse
+        torch.softmax(logits, 1, out=logits)
+
+    def log_softmax_stats_and_softmax_(
+        self, logits: torch.Tensor, targets: torch.Tensor, logp_out: torch.Tensor, lse_out: torch.Tensor
+    ) -> None:
+        self.log_softmax_stats(logits, targets, logp_out, lse_out, None)
+        logits.exp_()
+
+    def _scratch_like(self, logits: torch.Tensor) -> torch.Tensor:
+        rows = logits.shape[0]
+        if (
+            self._scratch is None
+            or self._scratch.shape[0] < rows
+            or self._scratch.shape[1:] != logits.shape[1:]
+        ):
+            self._scratch = torch.empty_like(logits)
+        return self._scratch[:rows]
