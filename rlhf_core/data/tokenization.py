@@ -337,7 +337,13 @@ def _as_dataset(dataset: Dataset | Sequence[Mapping]) -> Dataset:
             raise ValueError("the dataset is empty")
         return dataset
     if isinstance(dataset, Sequence) and not isinstance(dataset, str):
-        return _as_dataset(Dataset.from_list([dict(row) for row in dataset]))
+        rows = [dict(row) for row in dataset]
+        # Dataset.from_list takes its columns from the first row and would silently drop other rows' extra keys
+        for index, row in enumerate(rows[1:], start=1):
+            if row.keys() != rows[0].keys():
+                odd = sorted(row.keys() ^ rows[0].keys())
+                raise DataFormatError(f"columns differ from row 0's ({odd})", index=index, field=odd[0])
+        return _as_dataset(Dataset.from_list(rows))
     raise TypeError(f"expected a datasets.Dataset or a list of rows, got {type(dataset).__name__}")
 
 

@@ -155,6 +155,10 @@ def test_sft_rejects_other_formats_and_bad_arguments(tokenizer):
         tokenize_sft([{"text": "x"}], tokenizer, overlong="wrap")
     with pytest.raises(ValueError, match="empty"):
         tokenize_sft([], tokenizer)
+    with pytest.raises(DataFormatError, match=r"row 1, field 'prompt': columns differ"):
+        tokenize_preference(
+            [{"chosen": "Q a", "rejected": "Q b"}, {"prompt": "Q", "chosen": "a", "rejected": "b"}], tokenizer
+        )
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="chat template"):
         tokenize_sft([{"messages": CHAT}], tokenizer)
