@@ -29,7 +29,13 @@ _EXPORTS: dict[str, str] = {
     "fused_linear_cross_entropy": "rlhf_core.kernels",
     # data
     "SyntheticTask": "rlhf_core.data.synthetic",
+    "DataFormat": "rlhf_core.data.formats",
     "DataFormatError": "rlhf_core.data.formats",
+    "load_hh_rlhf": "rlhf_core.data.hh_rlhf",
+    "pack_dataset": "rlhf_core.data.packing",
+    "SFTCollator": "rlhf_core.data.collators",
+    "PreferenceCollator": "rlhf_core.data.collators",
+    "PromptCollator": "rlhf_core.data.collators",
 }
 
 __all__ = sorted(_EXPORTS)
