@@ -1,0 +1,159 @@
+"""Batched sampling with a KV cache: left-padded prompts in, right-padded responses (masked after stop) out.
+
+A short hand-written decode loop instead of ``model.generate``: one prefill that keeps only the last
+position's logits, then one cached forward per new token. It avoids ``generate``'s per-step processor and
+stopping-criteria machinery (which dominates on small models, see benchmarks/bench_rollout.py), stops as soon
+as every row has emitted a stop token, and works for any transformers causal LM with a cache.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch import nn
+
+from rlhf_core.rollout.sampling import SamplingParams, sample_next_token
+
+__all__ = ["GenerationOutput", "generate", "position_ids_from_mask", "truncate_after_stop"]
+
+
+@dataclass
+class GenerationOutput:
+    """Prompts and sampled responses.
+
+    prompt_ids / prompt_mask: [B, P], left padded. response_ids: [B, R], ``pad_token_id`` after the first
+    stop token. response_mask: [B, R], 1 on generated tokens up to and including the stop token.
+    finished: [B] bool, True where a stop token was generated.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    finished: torch.Tensor
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """Prompt and response side by side: [B, P + R]."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over attended tokens only, so left padding does not shift them: [B, T] -> [B, T]."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def truncate_after_stop(
+    response_ids: torch.Tensor, stop_token_ids: Sequence[int], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace what follows the first stop token of each row with padding.
+
+    response_ids: [B, R] -> (response_ids with pad after the stop token, mask [B, R] that keeps the stop token).
+    """
+    if not stop_token_ids:
+        return response_ids, torch.ones_like(response_ids)
+    is_stop = torch.isin(response_ids, torch.as_tensor(list(stop_token_ids), device=response_ids.device))
+    # stops_before[t] = number of stop tokens strictly before t; a token is kept when none came before it.
+    stops_before = is_stop.long().cumsum(-1) - is_stop.long()
+    keep = stops_before == 0
+    return response_ids.masked_fill(~keep, pad_token_id), keep.long()
+
+
+@cache
+def _forward_kwargs(model_cls: type) -> tuple[str, bool]:
+    params = inspect.signature(model_cls.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    return cache_kw, "logits_to_keep" in params
+
+
+def _step(model: nn.Module, cache_kw: str, past, **inputs) -> tuple[torch.Tensor, object]:
+    out = model(**inputs, use_cache=True, **({cache_kw: past} if past is not None else {}))
+    past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.logits[:, -1, :], past
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int,
+    pad_token_id: int,
+    stop_token_ids: Sequence[int] | None = None,
+    sampling: SamplingParams | None = None,
+    min_new_tokens: int = 0,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """Sample up to ``max_new_tokens`` tokens per row of left-padded ``input_ids`` [B, P].
+
+    Rows stop at their first token in ``stop_token_ids`` (kept in the response, masked in); the loop ends when
+    every row has stopped. ``min_new_tokens`` forbids stop tokens before that many tokens. ``model`` is a causal
+    LM (a value-head model is looked through).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    decoder = _Decoder(getattr(model, "pretrained_model", model), attention_mask.long(), max_new_tokens)
+    stop_ids = torch.as_tensor(list(stop_token_ids or []), dtype=torch.long, device=input_ids.device)
+    sampling = sampling or SamplingParams()
+    logits = decoder.prefill(input_ids)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    tokens: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        if step < min_new_tokens and stop_ids.numel():
+            logits = logits.index_fill(-1, stop_ids, -float("inf"))
+        token = sample_next_token(logits, sampling, generator).masked_fill(finished, pad_token_id)
+        tokens.append(token)
+        if stop_ids.numel():
+            finished |= torch.isin(token, stop_ids)
+        if step + 1 == max_new_tokens or bool(finished.all()):
+            break
+        logits = decoder.next(token, step)
+    response, response_mask = truncate_after_stop(torch.stack(tokens, dim=1), stop_ids.tolist(), pad_token_id)
+    return GenerationOutput(input_ids, attention_mask.long(), response, response_mask, finished)
+
+
+class _Decoder:
+    """One prefill keeping only the last position's logits, then one cached forward per token."""
+
+    def __init__(self, lm: nn.Module, attention_mask: torch.Tensor, max_new_tokens: int) -> None:
+        self.lm, self.prompt_len = lm, attention_mask.shape[1]
+        self.cache_kw, self.has_logits_to_keep = _forward_kwargs(type(lm))
+        new = attention_mask.new_ones(attention_mask.shape[0], max_new_tokens)
+        self.full_mask = torch.cat([attention_mask, new], dim=1)
+        self.positions = position_ids_from_mask(attention_mask)
+        self.past = None
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        extra = {"logits_to_keep": 1} if self.has_logits_to_keep else {}
+        mask = self.full_mask[:, : self.prompt_len]
+        logits, self.past = _step(self.lm, self.cache_kw, None, input_ids=input_ids, attention_mask=mask,
+                                  position_ids=self.positions, **extra)  # fmt: skip
+        self.next_position = self.positions[:, -1:] + 1
+        return logits
+
+    def next(self, token: torch.Tensor, step: int) -> torch.Tensor:
+        logits, self.past = _step(
+            self.lm,
+            self.cache_kw,
+            self.past,
+            input_ids=token[:, None],
+            attention_mask=self.full_mask[:, : self.prompt_len + step + 1],
+            position_ids=self.next_position,
+        )
+        self.next_position = self.next_position + 1
+        return logits

@@ -1,0 +1,197 @@
+"""PPOConfig: `TrainingArguments` plus the rollout, reward and PPO settings (TRL's names, classic aliases too).
+
+Batch vocabulary (per process), from the largest unit to the smallest:
+
+* ``batch_size``: episodes (prompt + sampled response) collected per PPO update (one "step" of the Trainer
+  state: logging_steps and save_steps count updates).
+* ``mini_batch_size`` = ``batch_size / num_mini_batches``: episodes per optimizer step. Each of the
+  ``num_ppo_epochs`` epochs shuffles the batch and makes ``num_mini_batches`` optimizer steps.
+* ``per_device_train_batch_size``: episodes per forward/backward (micro-batch);
+  ``gradient_accumulation_steps`` = ``mini_batch_size / per_device_train_batch_size``. The loss is normalised
+  by the token count of the whole mini-batch, so the micro-batch split does not change the update.
+
+Give either TRL's modern form (``per_device_train_batch_size``, ``gradient_accumulation_steps``,
+``num_mini_batches``; then ``batch_size`` is their product) or the classic form (``batch_size`` and optionally
+``mini_batch_size``; then the micro-batch is ``min(per_device_train_batch_size, mini_batch_size)`` and the
+accumulation steps follow).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from rlhf_core.losses.ppo import KL_ESTIMATORS
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+
+__all__ = ["PPOConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
+    """Configuration of `PPOTrainer`: every `TrainingArguments` field (CPU-safe defaults) plus these."""
+
+    learning_rate: float = field(default=3e-6, metadata=_help("AdamW learning rate (TRL's PPO default)."))
+    # ---- batch shape --------------------------------------------------------------------------------------
+    batch_size: int | None = field(
+        default=None,
+        metadata=_help("Episodes per PPO update (per process). None: per_device_train_batch_size x "
+                       "gradient_accumulation_steps x num_mini_batches."),
+    )  # fmt: skip
+    mini_batch_size: int | None = field(
+        default=None, metadata=_help("Episodes per optimizer step. None: batch_size / num_mini_batches.")
+    )
+    num_mini_batches: int = field(default=1, metadata=_help("Optimizer steps per PPO epoch."))
+    num_ppo_epochs: int = field(default=4, metadata=_help("Passes over each rollout batch."))
+    ppo_epochs: int | None = field(default=None, metadata=_help("Classic alias of num_ppo_epochs."))
+    total_episodes: int | None = field(
+        default=None, metadata=_help("Episodes to train on. None: num_train_epochs x len(train_dataset).")
+    )
+    local_rollout_forward_batch_size: int = field(
+        default=64, metadata=_help("Rows per generation call and per no-grad scoring forward.")
+    )
+    # ---- rollout ------------------------------------------------------------------------------------------
+    response_length: int = field(default=53, metadata=_help("Maximum new tokens per response."))
+    temperature: float = field(
+        default=0.7, metadata=_help("Sampling temperature; log-probs are computed at the same temperature.")
+    )
+    top_k: int | None = field(
+        default=None, metadata=_help("Sample from the k most likely tokens (None: all).")
+    )
+    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling mass (1.0: no limit)."))
+    stop_token: str | None = field(
+        default="eos",
+        metadata=_help("'eos': responses end at the tokenizer's eos token (kept, tokens after it masked); "
+                       "None: no stop token (unless stop_token_id)."),
+    )  # fmt: skip
+    stop_token_id: int | None = field(default=None, metadata=_help("A stop token id other than eos."))
+    missing_eos_penalty: float | None = field(
+        default=None, metadata=_help("Subtracted from the score of responses that never emit the stop token.")
+    )
+    max_prompt_length: int | None = field(
+        default=None, metadata=_help("Prompts longer than this keep their last tokens (None: no limit).")
+    )
+    # ---- reward and KL ------------------------------------------------------------------------------------
+    kl_coef: float = field(
+        default=0.05, metadata=_help("KL penalty coefficient (initial value if adaptive).")
+    )
+    init_kl_coef: float | None = field(default=None, metadata=_help("Classic alias of kl_coef."))
+    kl_estimator: str = field(
+        default="k1",
+        metadata=_help("Per-token KL estimator penalised AND logged: 'k1' (log ratio), 'k2' (squared / 2) or "
+                       "'k3' ((r - 1) - log r, never negative)."),
+    )  # fmt: skip
+    kl_target: float | None = field(
+        default=None,
+        metadata=_help(
+            "Adaptive KL controller (arXiv:1909.08593 eq. 2): target sequence KL. None: fixed kl_coef."
+        ),
+    )
+    kl_horizon: int = field(default=10000, metadata=_help("Adaptive KL controller horizon, in episodes."))
+    adap_kl_ctrl: bool | None = field(
+        default=None, metadata=_help("Classic switch for the adaptive controller (target defaults to 6).")
+    )
+    target: float | None = field(default=None, metadata=_help("Classic alias of kl_target."))
+    horizon: int | None = field(default=None, metadata=_help("Classic alias of kl_horizon."))
+    whiten_rewards: bool = field(default=False, metadata=_help("Whiten per-token rewards (mean kept)."))
+    whiten_advantages: bool = field(default=True, metadata=_help("Whiten advantages over the batch."))
+    # ---- PPO losses ---------------------------------------------------------------------------------------
+    cliprange: float = field(default=0.2, metadata=_help("Policy ratio clip range (epsilon)."))
+    cliprange_value: float = field(default=0.2, metadata=_help("Value clip range around the rollout values."))
+    vf_coef: float = field(default=0.1, metadata=_help("Value loss coefficient."))
+    gamma: float = field(default=1.0, metadata=_help("Discount factor."))
+    lam: float = field(default=0.95, metadata=_help("GAE lambda."))
+    # ---- models -------------------------------------------------------------------------------------------
+    disable_dropout: bool = field(
+        default=True, metadata=_help("Zero every dropout of policy, reference, value and reward models.")
+    )
+    model_init_kwargs: dict | None = field(
+        default=None, metadata=_help("from_pretrained keyword arguments for models given by name.")
+    )
+    dataset_num_proc: int | None = field(default=None, metadata=_help("Processes to tokenise prompts."))
+
+    def __post_init__(self) -> None:
+        self._resolve_aliases()
+        self._check_values()
+        self._resolve_batch_shape()
+        super().__post_init__()
+
+    def _resolve_aliases(self) -> None:
+        if self.ppo_epochs is not None:
+            self.num_ppo_epochs = self.ppo_epochs
+        if self.init_kl_coef is not None:
+            self.kl_coef = self.init_kl_coef
+        if self.target is not None and self.kl_target is None:
+            self.kl_target = self.target
+        if self.horizon is not None:
+            self.kl_horizon = self.horizon
+        if self.adap_kl_ctrl and self.kl_target is None:
+            self.kl_target = 6.0
+        if self.adap_kl_ctrl is False:
+            self.kl_target = None
+
+    def _check_values(self) -> None:
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator={self.kl_estimator!r}: choose one of {sorted(KL_ESTIMATORS)}")
+        if self.stop_token not in ("eos", None):
+            raise ValueError(f"stop_token={self.stop_token!r}: use 'eos' or None (or stop_token_id=<int>)")
+        positive = {
+            "num_ppo_epochs": self.num_ppo_epochs,
+            "num_mini_batches": self.num_mini_batches,
+            "response_length": self.response_length,
+            "local_rollout_forward_batch_size": self.local_rollout_forward_batch_size,
+            "kl_horizon": self.kl_horizon,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ValueError(f"kl_target must be > 0 (or None for a fixed kl_coef), got {self.kl_target}")
+
+    def _resolve_batch_shape(self) -> None:
+        if self.batch_size is None:
+            if self.mini_batch_size is None:
+                self.mini_batch_size = self.per_device_train_batch_size * self.gradient_accumulation_steps
+            self.batch_size = self.mini_batch_size * self.num_mini_batches
+            if self.mini_batch_size % self.per_device_train_batch_size:
+                raise ValueError(
+                    f"mini_batch_size={self.mini_batch_size} must be a multiple of "
+                    f"per_device_train_batch_size={self.per_device_train_batch_size}"
+                )
+            self.gradient_accumulation_steps = self.mini_batch_size // self.per_device_train_batch_size
+            return
+        if self.mini_batch_size is None:
+            if self.batch_size % self.num_mini_batches:
+                raise ValueError(
+                    f"batch_size={self.batch_size} is not divisible by num_mini_batches={self.num_mini_batches}"
+                )
+            self.mini_batch_size = self.batch_size // self.num_mini_batches
+        elif self.batch_size % self.mini_batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not a multiple of mini_batch_size={self.mini_batch_size}"
+            )
+        self.num_mini_batches = self.batch_size // self.mini_batch_size
+        micro = min(self.per_device_train_batch_size, self.mini_batch_size)
+        if self.mini_batch_size % micro:
+            raise ValueError(
+                f"mini_batch_size={self.mini_batch_size} must be a multiple of the micro-batch "
+                f"per_device_train_batch_size={micro}"
+            )
+        steps = self.mini_batch_size // micro
+        if self.gradient_accumulation_steps not in (1, steps):
+            raise ValueError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} contradicts batch_size="
+                f"{self.batch_size}, mini_batch_size={self.mini_batch_size} and per_device_train_batch_size="
+                f"{micro} (which give {steps}); leave it at 1 when giving batch_size"
+            )
+        self.per_device_train_batch_size, self.gradient_accumulation_steps = micro, steps

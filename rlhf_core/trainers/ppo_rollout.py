@@ -1,0 +1,179 @@
+"""The rollout half of a PPO update: sample responses, score them, compute old log-probs, values and rewards.
+
+Everything here runs without gradients: generation with a KV cache in chunks of
+``local_rollout_forward_batch_size`` rows, then the policy (+ value) and the reference in micro-batches of the
+same size through the fused log-prob kernel. Log-probs use the sampling temperature, so they are those of the
+distribution the tokens came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlhf_core.rollout.generation import generate
+from rlhf_core.rollout.logprobs import ResponseBatch, pad_columns, response_logprobs
+from rlhf_core.rollout.sampling import SamplingParams
+from rlhf_core.rollout.scoring import RewardFn, reward_function_scores, reward_model_scores
+from rlhf_core.trainers.ppo_buffer import Experience, build_experience
+from rlhf_core.trainers.ppo_config import PPOConfig
+from rlhf_core.trainers.ppo_models import PolicyAndValue
+
+__all__ = ["RolloutEngine", "stop_token_ids"]
+
+
+def stop_token_ids(config: PPOConfig, tokenizer: Any) -> list[int]:
+    """The ids that end a response: ``stop_token_id`` if set, else eos when ``stop_token="eos"``."""
+    if config.stop_token_id is not None:
+        return [int(config.stop_token_id)]
+    if config.stop_token == "eos":
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                "stop_token='eos' but the tokenizer has no eos token: set stop_token_id or stop_token=None"
+            )
+        return [int(tokenizer.eos_token_id)]
+    return []
+
+
+@dataclass
+class RolloutEngine:
+    """Samples and scores episodes for ``PolicyAndValue`` ``model`` (a callable returning the unwrapped module)."""
+
+    config: PPOConfig
+    tokenizer: Any
+    model: Callable[[], PolicyAndValue]
+    ref_model: nn.Module | None
+    reward_model: nn.Module | None = None
+    reward_fn: RewardFn | None = None
+
+    def __post_init__(self) -> None:
+        self.stop_ids = stop_token_ids(self.config, self.tokenizer)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        cfg = self.config
+        return SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> ResponseBatch:
+        """Responses to left-padded prompts, in chunks; [B, R] with R the longest response of the batch."""
+        policy = self.model().policy
+        chunk = self.config.local_rollout_forward_batch_size
+        responses, masks = [], []
+        with _eval_mode(policy):
+            for start in range(0, prompt_ids.shape[0], chunk):
+                out = generate(
+                    policy,
+                    prompt_ids[start : start + chunk],
+                    prompt_mask[start : start + chunk],
+                    max_new_tokens=self.config.response_length,
+                    pad_token_id=self.pad_id,
+                    stop_token_ids=self.stop_ids,
+                    sampling=self.sampling,
+                )
+                responses.append(out.response_ids)
+                masks.append(out.response_mask)
+        width = max(r.shape[1] for r in responses)
+        response_ids = torch.cat([pad_columns(r, width, self.pad_id) for r in responses])
+        response_mask = torch.cat([pad_columns(m, width, 0) for m in masks])
+        return ResponseBatch(prompt_ids, prompt_mask.long(), response_ids.long(), response_mask.long())
+
+    def decode_responses(self, batch: ResponseBatch) -> list[str]:
+        ids = batch.response_ids.masked_fill(batch.response_mask == 0, self.pad_id)
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def score(self, batch: ResponseBatch, prompts: Sequence[Any] | None = None) -> torch.Tensor:
+        """Scores [B] from the reward model or ``reward_fn(prompts, responses)``, minus ``missing_eos_penalty``
+        for responses that never emitted a stop token."""
+        if self.reward_fn is not None:
+            if prompts is None:
+                prompts = self.tokenizer.batch_decode(
+                    batch.prompt_ids.masked_fill(batch.prompt_mask == 0, self.pad_id),
+                    skip_special_tokens=True,
+                )
+            scores = reward_function_scores(
+                self.reward_fn, prompts, self.decode_responses(batch), device=batch.response_ids.device
+            )
+        elif self.reward_model is not None:
+            with _eval_mode(self.reward_model):
+                scores = reward_model_scores(
+                    self.reward_model, batch, micro_batch_size=self.config.local_rollout_forward_batch_size
+                )
+        else:
+            raise ValueError(
+                "no reward: pass reward_model= or reward_fn= to PPOTrainer (or scores to step())"
+            )
+        return self.apply_missing_eos_penalty(batch, scores)
+
+    def apply_missing_eos_penalty(self, batch: ResponseBatch, scores: torch.Tensor) -> torch.Tensor:
+        if self.config.missing_eos_penalty is None or not self.stop_ids:
+            return scores
+        stops = torch.as_tensor(self.stop_ids, device=batch.response_ids.device)
+        has_stop = (torch.isin(batch.response_ids, stops) & (batch.response_mask == 1)).any(-1)
+        return scores - self.config.missing_eos_penalty * (~has_stop).to(scores.dtype)
+
+    @torch.no_grad()
+    def evaluate(self, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(policy log-probs, reference log-probs, values), each [B, R], before any update."""
+        model = self.model()
+        size, temperature = self.config.local_rollout_forward_batch_size, self.config.temperature
+        logps, values = [], []
+        with _eval_mode(model):
+            for start in range(0, len(batch), size):
+                part, width = batch.select(slice(start, start + size)).trimmed()
+                out = model(
+                    part.prompt_ids,
+                    part.prompt_mask,
+                    part.response_ids,
+                    part.response_mask,
+                    temperature=temperature,
+                )
+                logps.append(pad_columns(out.logprobs, width))
+                values.append(pad_columns(out.values.float(), width))
+            with self._reference() as ref:
+                ref_logps = response_logprobs(ref, batch, temperature=temperature, micro_batch_size=size)
+        return torch.cat(logps), ref_logps, torch.cat(values)
+
+    @contextlib.contextmanager
+    def _reference(self):
+        if self.ref_model is not None:
+            with _eval_mode(self.ref_model):
+                yield self.ref_model
+            return
+        policy = self.model().policy  # a PEFT policy: the reference is the base model, adapters off
+        with _eval_mode(policy), policy.disable_adapter():
+            yield policy
+
+    def experience(self, batch: ResponseBatch, scores: torch.Tensor, kl_coef: float) -> Experience:
+        logps, ref_logps, values = self.evaluate(batch)
+        cfg = self.config
+        return build_experience(
+            batch,
+            logprobs=logps,
+            ref_logprobs=ref_logps,
+            values=values,
+            scores=scores,
+            kl_coef=kl_coef,
+            kl_estimator=cfg.kl_estimator,
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+            whiten_rewards=cfg.whiten_rewards,
+            whiten_advantages=cfg.whiten_advantages,
+        )
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module):
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

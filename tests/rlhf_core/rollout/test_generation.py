@@ -1,0 +1,86 @@
+"""KV-cache sampling loop: equal to unpadded greedy decoding, stop handling, early exit, min_new_tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_core.rollout.generation import generate, position_ids_from_mask, truncate_after_stop
+from rlhf_core.rollout.sampling import SamplingParams
+
+GREEDY = SamplingParams(do_sample=False)
+
+
+def test_truncate_after_stop_by_hand():
+    ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 9, 9, 9]])
+    out, mask = truncate_after_stop(ids, [2], pad_token_id=0)
+    # the stop token itself is kept and masked in; everything after it becomes padding
+    assert out.tolist() == [[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert position_ids_from_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])).tolist() == [
+        [0, 0, 0, 1],
+        [0, 1, 2, 3],
+    ]
+
+
+def test_left_padded_batch_matches_unpadded_greedy_decoding(tiny, prompts):
+    model, tok = tiny
+    ids, mask, rows = prompts
+    out = generate(model, ids, mask, max_new_tokens=12, pad_token_id=tok.pad_token_id, sampling=GREEDY)
+    assert out.response_ids.shape == (3, 12) and out.response_mask.all()
+    for i, row in enumerate(rows):
+        # reference: transformers' own greedy decoding of the row alone, no padding, no early stop
+        ref = model.generate(
+            row[None], max_new_tokens=12, min_new_tokens=12, do_sample=False, eos_token_id=None
+        )
+        assert out.response_ids[i].tolist() == ref[0, len(row) :].tolist(), f"row {i}"
+    assert out.sequences.shape == (3, ids.shape[1] + 12)
+
+
+def test_stop_token_masks_the_rest_and_ends_the_loop_early(tiny, prompts):
+    model, tok = tiny
+    ids, mask, _ = prompts
+    free = generate(model, ids, mask, max_new_tokens=8, pad_token_id=tok.pad_token_id, sampling=GREEDY)
+    # make each row's third token a stop token: every row must stop there or earlier
+    stops = sorted(set(free.response_ids[:, 2].tolist()))
+    out = generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens=8,
+        pad_token_id=tok.pad_token_id,
+        stop_token_ids=stops,
+        sampling=GREEDY,
+    )
+    assert out.response_ids.shape[1] <= 3  # the loop stopped once every row had stopped
+    assert out.finished.all()
+    for i in range(3):
+        length = int(out.response_mask[i].sum())
+        assert out.response_ids[i, length - 1].item() in stops  # the stop token is kept...
+        assert (out.response_ids[i, length:] == tok.pad_token_id).all()  # ...and what follows is padding
+        assert out.response_ids[i, :length].tolist() == free.response_ids[i, :length].tolist()
+
+
+def test_min_new_tokens_forbids_an_early_stop(tiny, prompts):
+    model, tok = tiny
+    ids, mask, _ = prompts
+    free = generate(model, ids, mask, max_new_tokens=4, pad_token_id=tok.pad_token_id, sampling=GREEDY)
+    first = sorted(set(free.response_ids[:, 0].tolist()))
+    out = generate(model, ids, mask, max_new_tokens=4, pad_token_id=tok.pad_token_id, stop_token_ids=first,
+                   min_new_tokens=2, sampling=GREEDY)  # fmt: skip
+    assert (out.response_lengths >= 2).all()
+    assert not torch.isin(out.response_ids[:, :2], torch.tensor(first)).any()
+
+
+def test_sampling_is_reproducible_with_a_generator_and_validates_length(tiny, prompts):
+    model, tok = tiny
+    ids, mask, _ = prompts
+
+    def draw():
+        gen = torch.Generator().manual_seed(7)
+        return generate(model, ids, mask, max_new_tokens=6, pad_token_id=tok.pad_token_id,
+                        sampling=SamplingParams(temperature=0.9, top_k=20), generator=gen).response_ids  # fmt: skip
+
+    assert torch.equal(draw(), draw())
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, ids, mask, max_new_tokens=0, pad_token_id=tok.pad_token_id)
