@@ -1,1 +1,45 @@
-"""rlhf_core.losses"""
+"""rlhf_core.losses: pure loss functions (tensors in, keyword-only hyperparameters, detached stats out).
+
+One module per trainer: ``sft`` (here), ``reward`` and ``dpo`` (preference losses, the ``DPO_LOSSES`` registry),
+``ppo`` (masked statistics, KL estimators, GAE, clipped losses). Names are resolved lazily so that importing one
+loss module never depends on another.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "SFTLossOutput": "rlhf_core.losses.sft",
+    "sft_loss": "rlhf_core.losses.sft",
+    "RewardLossOutput": "rlhf_core.losses.reward",
+    "reward_loss": "rlhf_core.losses.reward",
+    "DPOLossOutput": "rlhf_core.losses.dpo",
+    "DPO_LOSSES": "rlhf_core.losses.dpo",
+    "dpo_loss": "rlhf_core.losses.dpo",
+    "register_dpo_loss": "rlhf_core.losses.dpo",
+    "KL_ESTIMATORS": "rlhf_core.losses.ppo",
+    "clipped_policy_loss": "rlhf_core.losses.ppo",
+    "clipped_value_loss": "rlhf_core.losses.ppo",
+    "gae": "rlhf_core.losses.ppo",
+    "kl_estimate": "rlhf_core.losses.ppo",
+    "masked_mean": "rlhf_core.losses.ppo",
+    "masked_var": "rlhf_core.losses.ppo",
+    "masked_whiten": "rlhf_core.losses.ppo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'rlhf_core.losses' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
