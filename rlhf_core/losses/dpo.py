@@ -108,9 +108,9 @@ def ipo_loss(p: PairLogRatios) -> torch.Tensor:
     loss otherwise grows with completion length, and the paper's results use this normalised form.
     """
     if p.chosen_lengths is not None and p.rejected_lengths is not None:
-        delta = p.chosen_logratios / p.chosen_lengths.clamp(min=1) - p.rejected_logratios / p.rejected_lengths.clamp(
+        delta = p.chosen_logratios / p.chosen_lengths.clamp(
             min=1
-        )
+        ) - p.rejected_logratios / p.rejected_lengths.clamp(min=1)
     else:
         delta = p.delta
     return (delta - 1 / (2 * p.beta)) ** 2
@@ -226,7 +226,9 @@ def dpo_loss(
     """
     names = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     weights = _check_dpo_arguments(names, loss_weights, beta, label_smoothing)
-    shapes = {t.shape for t in (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)}
+    shapes = {
+        t.shape for t in (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    }
     if len(shapes) != 1 or policy_chosen_logps.dim() != 1:
         raise ValueError(f"dpo_loss expects four [B] tensors of the same shape, got shapes {sorted(shapes)}")
 
@@ -274,5 +276,7 @@ def _check_dpo_arguments(
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing is a label-flip rate and must be in [0, 0.5), got {label_smoothing}")
+        raise ValueError(
+            f"label_smoothing is a label-flip rate and must be in [0, 0.5), got {label_smoothing}"
+        )
     return weights

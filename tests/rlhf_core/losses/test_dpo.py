@@ -34,7 +34,13 @@ def sig(x: float) -> float:
 def run(loss_type, **kw):
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     return dpo_loss(
-        t(POLICY_CHOSEN), t(POLICY_REJECTED), t(REF_CHOSEN), t(REF_REJECTED), beta=BETA, loss_type=loss_type, **kw
+        t(POLICY_CHOSEN),
+        t(POLICY_REJECTED),
+        t(REF_CHOSEN),
+        t(REF_REJECTED),
+        beta=BETA,
+        loss_type=loss_type,
+        **kw,
     )
 
 
@@ -43,7 +49,17 @@ def close(actual: torch.Tensor, expected: list[float]) -> None:
 
 
 def test_registry_has_every_variant_of_the_issue():
-    expected = {"sigmoid", "robust", "hinge", "ipo", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "apo_zero"}
+    expected = {
+        "sigmoid",
+        "robust",
+        "hinge",
+        "ipo",
+        "exo_pair",
+        "nca_pair",
+        "bco_pair",
+        "sppo_hard",
+        "apo_zero",
+    }
     assert expected | {"apo_down", "sft"} <= set(DPO_LOSSES)
 
 
