@@ -36,6 +36,7 @@ __all__ = [
     "chunked_linear_cross_entropy",
     "chunked_linear_logprobs",
     "default_chunk_size",
+    "grad_needs",
 ]
 
 # Why these sizes: the chunk of logits is the only [rows, V] tensor alive, so it sets the memory above
@@ -174,6 +175,19 @@ class _GradBuffers:
         return self.hidden, weight, bias
 
 
+def _subtract_onehot_(probs: torch.Tensor, targets: torch.Tensor) -> None:
+    """``probs -= onehot(targets)`` in place: a C-element scatter, done in fp32 before any low-precision
+    cast so that p_y ~ 1 does not cancel."""
+    index = targets.unsqueeze(1)
+    probs.scatter_(1, index, probs.gather(1, index).sub_(1.0))
+
+
+def _hidden_direction(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``-(delta @ W)`` in ``delta``'s dtype: with ``delta = softmax - onehot`` it is ``T * d logp / d h``."""
+    low_precision = delta if delta.dtype == weight.dtype else delta.to(weight.dtype)
+    return torch.mm(low_precision, weight).to(delta.dtype).neg_()
+
+
 def _accumulate_chunk_grads(
     grads: _GradBuffers,
     probs: torch.Tensor,
@@ -189,14 +203,10 @@ def _accumulate_chunk_grads(
 
     ``coef [C]`` is ``upstream_grad / T`` in ``probs.dtype``. ``probs`` is overwritten with ``softmax - onehot``.
     """
-    index = targets.unsqueeze(1)
-    # The one-hot is subtracted in fp32 before any low-precision cast, so p_y ~ 1 does not cancel.
-    probs.scatter_(1, index, probs.gather(1, index).sub_(1.0))
+    _subtract_onehot_(probs, targets)
     coef_col = coef.unsqueeze(1)
     if grads.hidden is not None:
-        delta = probs if probs.dtype == weight.dtype else probs.to(weight.dtype)
-        grad_h = torch.mm(delta, weight).to(probs.dtype).mul_(coef_col).neg_()
-        rows.write_rows(grads.hidden, start, end, grad_h)
+        rows.write_rows(grads.hidden, start, end, _hidden_direction(probs, weight).mul_(coef_col))
     if grads.weight is not None:
         scaled_h = h_c.to(probs.dtype) * coef_col
         grads.weight.addmm_(probs.t(), scaled_h, alpha=-1.0)
@@ -204,9 +214,24 @@ def _accumulate_chunk_grads(
         grads.bias.addmv_(probs.t(), coef, alpha=-1.0)
 
 
+def grad_needs(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[bool, bool, bool]:
+    """Which of (hidden, weight, bias) will get a gradient. Taken at the call site: inside
+    ``Function.forward`` grad mode is off and ``ctx.needs_input_grad`` ignores ``torch.no_grad()``."""
+    if not torch.is_grad_enabled():
+        return (False, False, False)
+    return (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+
+
 class LinearLogprobsFunction(torch.autograd.Function):
-    """``(logps [N], entropy [N] detached or empty)`` in fp32 (fp64 for fp64 inputs); backward recomputes
-    each chunk's logits."""
+    """``(logps [N], entropy [N] detached or empty)`` in fp32 (fp64 for fp64 inputs).
+
+    Backward recomputes each chunk's logits, except when only ``hidden`` needs a gradient (frozen LM
+    head, e.g. LoRA): ``d logp_i / d h_i = (W[y_i] - p_i W) / T`` does not depend on the upstream
+    gradient, so forward computes it from the logits it already has (``[N, H]`` kept) and backward is a
+    row scaling: 2 matmuls in all instead of 3.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -220,16 +245,30 @@ class LinearLogprobsFunction(torch.autograd.Function):
         chunk_size: int | None,
         return_entropy: bool,
         ops: RowSoftmaxOps,
+        needs: tuple[bool, bool, bool],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rows = _TokenRows.where(labels != ignore_index, labels)
         inv_t = 1.0 / temperature
         logp = hidden.new_empty(len(rows), dtype=accumulation_dtype(hidden.dtype))
         lse = torch.empty_like(logp)
         entropy = torch.empty_like(logp) if return_entropy else None
+        eager = needs == (True, False, False)
+        direction = logp.new_empty((len(rows), hidden.shape[1])) if eager else None
         for start, end, _, targets, logits in _chunks(rows, hidden, weight, bias, inv_t, chunk_size):
-            entropy_c = None if entropy is None else entropy[start:end]
-            ops.log_softmax_stats(logits, targets, logp[start:end], lse[start:end], entropy_c)
-        ctx.save_for_backward(hidden, weight, bias, lse, rows.index, rows.targets)
+            stats = (
+                logits,
+                targets,
+                logp[start:end],
+                lse[start:end],
+                None if entropy is None else entropy[start:end],
+            )
+            if direction is None:
+                ops.log_softmax_stats(*stats)
+                continue
+            ops.log_softmax_stats_and_softmax_(*stats)
+            _subtract_onehot_(logits, targets)
+            direction[start:end] = _hidden_direction(logits, weight)
+        ctx.save_for_backward(hidden, weight, bias, lse, rows.index, rows.targets, direction)
         ctx.inv_t, ctx.chunk_size, ctx.ops, ctx.n_total = inv_t, chunk_size, ops, labels.shape[0]
         entropy_out = rows.scatter(entropy) if entropy is not None else logp.new_empty(0)
         ctx.mark_non_differentiable(entropy_out)
@@ -238,9 +277,14 @@ class LinearLogprobsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp: torch.Tensor, grad_entropy: torch.Tensor | None):  # type: ignore[override]
         del grad_entropy  # entropy is a detached statistic
-        hidden, weight, bias, lse, index, targets = ctx.saved_tensors
+        hidden, weight, bias, lse, index, targets, direction = ctx.saved_tensors
         rows = _TokenRows(index, targets, ctx.n_total)
         coef = rows.gather(grad_logp.to(lse.dtype)) * ctx.inv_t
+        nones = (None,) * 7
+        if direction is not None:
+            grad_hidden = torch.zeros_like(hidden)
+            rows.write_rows(grad_hidden, 0, len(rows), direction * coef.unsqueeze(1))
+            return (grad_hidden, None, None, *nones)
         active = coef != 0
         rows, coef, lse = rows.subset(active), coef[active], lse[active]
         grads = _GradBuffers(hidden, weight, bias, ctx.needs_input_grad[:3])
@@ -249,7 +293,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
         ):
             ctx.ops.softmax_(logits, lse[start:end])
             _accumulate_chunk_grads(grads, logits, h_c, targets_c, coef[start:end], weight, rows, start, end)
-        return (*grads.results(), None, None, None, None, None, None)
+        return (*grads.results(), *nones)
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
@@ -267,23 +311,20 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         chunk_size: int | None,
         reduction: str,
         ops: RowSoftmaxOps,
+        needs: tuple[bool, bool, bool],
     ) -> torch.Tensor:
         rows = _TokenRows.where(labels != ignore_index, labels)
         n, inv_t = len(rows), 1.0 / temperature
         # mean over zero tokens is 0/0 = nan, as in torch.nn.functional.cross_entropy.
         scale = (1.0 / n if n else float("nan")) if reduction == "mean" else 1.0
-        grads = (
-            _GradBuffers(hidden, weight, bias, ctx.needs_input_grad[:3])
-            if any(ctx.needs_input_grad[:3])
-            else None
-        )
+        grads = _GradBuffers(hidden, weight, bias, needs) if any(needs) else None
         logp = hidden.new_empty(n, dtype=accumulation_dtype(hidden.dtype))
         lse = torch.empty_like(logp)
         for start, end, h_c, targets, logits in _chunks(rows, hidden, weight, bias, inv_t, chunk_size):
             if grads is None:
                 ops.log_softmax_stats(logits, targets, logp[start:end], lse[start:end], None)
                 continue
-            ops.log_softmax_stats_and_softmax_(logits, targets, logp[start:end], lse[start:end])
+            ops.log_softmax_stats_and_softmax_(logits, targets, logp[start:end], lse[start:end], None)
             # loss = -scale * sum(logp): upstream gradient of each logp is -scale.
             coef = torch.full((end - start,), -scale * inv_t, dtype=logits.dtype, device=logits.device)
             _accumulate_chunk_grads(grads, logits, h_c, targets, coef, weight, rows, start, end)
@@ -301,7 +342,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         ctx.grads = None  # the stored gradients are weight-sized: free them as soon as they are handed on
         if float(grad_loss) != 1.0:
             grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in grads)
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def chunked_linear_logprobs(
@@ -330,6 +371,7 @@ def chunked_linear_logprobs(
         chunk_size,
         return_entropy,
         ops or TorchRowSoftmax(),
+        grad_needs(hidden, weight, bias),
     )
     return (logp, entropy) if return_entropy else logp
 
@@ -360,5 +402,14 @@ def chunked_linear_cross_entropy(
             ops=ops,
         )
     return LinearCrossEntropyFunction.apply(
-        hidden, weight, bias, labels, ignore_index, temperature, chunk_size, reduction, ops
+        hidden,
+        weight,
+        bias,
+        labels,
+        ignore_index,
+        temperature,
+        chunk_size,
+        reduction,
+        ops,
+        grad_needs(hidden, weight, bias),
     )

@@ -1,4 +1,5 @@
-"""The one entry point to the fused ops: checks the inputs, picks the backend, flattens leading dims.
+"""The one entry point to the fused ops: checks the inputs, picks the backend, flattens leading dims,
+follows autocast.
 
 Backend choice (``backend=None``): ``$RLHF_KERNEL_BACKEND`` if set, else ``"auto"``: Triton for CUDA
 tensors when triton imports, the chunked torch implementation otherwise. ``"torch"`` and ``"triton"``
@@ -45,6 +46,19 @@ def _row_ops(hidden: torch.Tensor, backend: str | RowSoftmaxOps | None) -> RowSo
     return TritonRowSoftmax()
 
 
+def _autocast_inputs(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Under autocast, cast to the autocast dtype as ``F.linear`` would (bf16 activations, fp32 master
+    weights); the op itself then runs with autocast off so its fp32 statistics stay fp32."""
+    device_type = hidden.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return hidden, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+    cast = [t if t is None or not t.is_floating_point() else t.to(dtype) for t in (hidden, weight, bias)]
+    return cast[0], cast[1], cast[2]
+
+
 def fused_linear_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -66,6 +80,7 @@ def fused_linear_logprobs(
     V]`` fp32 chunk at a time; ``chunk_size=None`` picks one, see ``chunked.default_chunk_size``).
     ``temperature`` divides the logits, as PPO does for sampling-consistent log-probs.
     """
+    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
     check_linear_inputs(
         hidden,
         weight,
@@ -75,17 +90,19 @@ def fused_linear_logprobs(
         chunk_size=chunk_size,
         temperature=temperature,
     )
-    result = chunked_linear_logprobs(
-        hidden.reshape(-1, hidden.shape[-1]),
-        weight,
-        labels.reshape(-1),
-        bias,
-        chunk_size=chunk_size,
-        ignore_index=ignore_index,
-        temperature=float(temperature),
-        return_entropy=return_entropy,
-        ops=_row_ops(hidden, backend),
-    )
+    ops = _row_ops(hidden, backend)
+    with torch.autocast(hidden.device.type, enabled=False):
+        result = chunked_linear_logprobs(
+            hidden.reshape(-1, hidden.shape[-1]),
+            weight,
+            labels.reshape(-1),
+            bias,
+            chunk_size=chunk_size,
+            ignore_index=ignore_index,
+            temperature=float(temperature),
+            return_entropy=return_entropy,
+            ops=ops,
+        )
     if return_entropy:
         logps, entropy = result
         return logps.view(labels.shape), entropy.view(labels.shape)
@@ -111,6 +128,7 @@ def fused_linear_cross_entropy(
     ``labels``, 0 at ignored positions). ``mean``/``sum`` compute the gradients during the forward pass
     (the upstream gradient is a scalar), so backward costs no recompute.
     """
+    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
     check_linear_inputs(
         hidden,
         weight,
@@ -121,15 +139,17 @@ def fused_linear_cross_entropy(
         temperature=temperature,
     )
     check_reduction(reduction)
-    loss = chunked_linear_cross_entropy(
-        hidden.reshape(-1, hidden.shape[-1]),
-        weight,
-        labels.reshape(-1),
-        bias,
-        chunk_size=chunk_size,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        temperature=float(temperature),
-        ops=_row_ops(hidden, backend),
-    )
+    ops = _row_ops(hidden, backend)
+    with torch.autocast(hidden.device.type, enabled=False):
+        loss = chunked_linear_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]),
+            weight,
+            labels.reshape(-1),
+            bias,
+            chunk_size=chunk_size,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            temperature=float(temperature),
+            ops=ops,
+        )
     return loss.view(labels.shape) if reduction == "none" else loss

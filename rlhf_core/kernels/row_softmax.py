@@ -37,9 +37,14 @@ class RowSoftmaxOps(Protocol):
         """Replace ``logits`` by ``softmax(logits)`` in place; ``lse`` is the rows' logsumexp."""
 
     def log_softmax_stats_and_softmax_(
-        self, logits: torch.Tensor, targets: torch.Tensor, logp_out: torch.Tensor, lse_out: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        logp_out: torch.Tensor,
+        lse_out: torch.Tensor,
+        entropy_out: torch.Tensor | None,
     ) -> None:
-        """``log_softmax_stats`` without entropy, then leave ``softmax(logits)`` in ``logits``."""
+        """``log_softmax_stats``, then leave ``softmax(logits)`` in ``logits``."""
 
 
 class TorchRowSoftmax:
@@ -76,10 +81,15 @@ class TorchRowSoftmax:
         torch.softmax(logits, 1, out=logits)
 
     def log_softmax_stats_and_softmax_(
-        self, logits: torch.Tensor, targets: torch.Tensor, logp_out: torch.Tensor, lse_out: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        logp_out: torch.Tensor,
+        lse_out: torch.Tensor,
+        entropy_out: torch.Tensor | None,
     ) -> None:
-        self.log_softmax_stats(logits, targets, logp_out, lse_out, None)
-        logits.exp_()
+        self.log_softmax_stats(logits, targets, logp_out, lse_out, entropy_out)
+        logits.exp_()  # log_softmax_stats left log-probabilities in place
 
     def _scratch_like(self, logits: torch.Tensor) -> torch.Tensor:
         rows = logits.shape[0]

@@ -106,9 +106,14 @@ class TritonRowSoftmax:
         )
 
     def log_softmax_stats_and_softmax_(
-        self, logits: torch.Tensor, targets: torch.Tensor, logp_out: torch.Tensor, lse_out: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        logp_out: torch.Tensor,
+        lse_out: torch.Tensor,
+        entropy_out: torch.Tensor | None,
     ) -> None:
-        self.log_softmax_stats(logits, targets, logp_out, lse_out, None)
+        self.log_softmax_stats(logits, targets, logp_out, lse_out, entropy_out)
         self.softmax_(logits, lse_out)
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlhf_core.kernels import fused_linear_cross_entropy
+from rlhf_core.kernels import chunked, fused_linear_cross_entropy
 from rlhf_core.kernels.reference import naive_linear_cross_entropy
 
 FP32_TOLERANCE = {"atol": 1e-5, "rtol": 5e-4}
@@ -62,10 +62,12 @@ def test_all_ignored_mean_is_nan_like_torch(case_factory):
     assert all(torch.count_nonzero(g) == 0 for g in fused[1])
 
 
-def test_no_grad_forward_matches(case_factory):
+def test_no_grad_forward_matches_and_computes_no_gradients(case_factory, monkeypatch):
+    monkeypatch.setattr(chunked, "_accumulate_chunk_grads", lambda *a: pytest.fail("gradients under no_grad"))
     case = case_factory(ignore_every=5)
+    hidden, weight, bias = case.leaves()  # parameters that require grad, as in an eval loop
     with torch.no_grad():
-        loss = fused_linear_cross_entropy(case.hidden, case.weight, case.labels, case.bias, chunk_size=10)
+        loss = fused_linear_cross_entropy(hidden, weight, case.labels, bias, chunk_size=10)
     torch.testing.assert_close(
         loss, naive_linear_cross_entropy(case.hidden, case.weight, case.labels, case.bias), **FP32_TOLERANCE
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_core.kernels import fused_linear_logprobs
-from rlhf_core.kernels.chunked import LinearLogprobsFunction
+from rlhf_core.kernels import chunked, fused_linear_logprobs
+from rlhf_core.kernels.chunked import LinearLogprobsFunction, grad_needs
 from rlhf_core.kernels.reference import naive_linear_logprobs
 from rlhf_core.kernels.row_softmax import TorchRowSoftmax
 
@@ -155,14 +155,59 @@ def test_bf16_inputs_run_with_fp32_statistics_and_bf16_grads(case_factory):
         assert error <= 0.02 * want.abs().max(), f"bf16 grad {name} off by {error} (max {want.abs().max()})"
 
 
-def test_fp64_gradcheck():
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_fp64_gradcheck(frozen_head):
     generator = torch.Generator().manual_seed(3)
     hidden = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
-    weight = torch.randn(11, 5, dtype=torch.float64, generator=generator, requires_grad=True)
-    bias = torch.randn(11, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, generator=generator, requires_grad=not frozen_head)
+    bias = torch.randn(11, dtype=torch.float64, generator=generator, requires_grad=not frozen_head)
     labels = torch.tensor([0, 3, -100, 10, 5, -100, 1])
 
     def fn(h, w, b):
-        return LinearLogprobsFunction.apply(h, w, b, labels, -100, 0.9, 3, False, TorchRowSoftmax())[0]
+        needs = grad_needs(h, w, b)
+        return LinearLogprobsFunction.apply(h, w, b, labels, -100, 0.9, 3, False, TorchRowSoftmax(), needs)[0]
 
     assert torch.autograd.gradcheck(fn, (hidden, weight, bias))
+
+
+@pytest.mark.parametrize(("frozen_head", "expected_passes"), [(False, 2), (True, 1)])
+def test_frozen_head_skips_the_backward_recompute(case_factory, monkeypatch, frozen_head, expected_passes):
+    calls = []
+    original = chunked._chunk_logits
+    monkeypatch.setattr(chunked, "_chunk_logits", lambda *a: calls.append(1) or original(*a))
+    case = case_factory(ignore_every=4)
+    hidden, weight, bias = case.leaves()
+    weight.requires_grad_(not frozen_head)
+    bias.requires_grad_(not frozen_head)
+    logps, entropy = fused_linear_logprobs(
+        hidden, weight, case.labels, bias, chunk_size=10, return_entropy=True
+    )
+    (logps * case.upstream).sum().backward()
+    chunks = -(-int((case.labels != -100).sum()) // 10)
+    assert len(calls) == expected_passes * chunks
+    ref = _run(naive_linear_logprobs, case, return_entropy=True)
+    torch.testing.assert_close(logps.detach(), ref[0], **FP32_TOLERANCE)
+    torch.testing.assert_close(entropy, ref[1], **FP32_TOLERANCE)
+    torch.testing.assert_close(hidden.grad, ref[2][0], **FP32_TOLERANCE)
+
+
+def test_no_grad_forward_does_no_gradient_work(case_factory, monkeypatch):
+    monkeypatch.setattr(chunked, "_hidden_direction", lambda *a: pytest.fail("gradient work under no_grad"))
+    case = case_factory(ignore_every=4)
+    hidden = case.hidden.clone().requires_grad_()  # frozen head + hidden requiring grad: the eager case
+    with torch.no_grad():
+        logps = fused_linear_logprobs(hidden, case.weight, case.labels, case.bias, chunk_size=10)
+    torch.testing.assert_close(logps, naive_linear_logprobs(case.hidden, case.weight, case.labels, case.bias))
+
+
+def test_autocast_bf16_activations_with_fp32_master_weights(case_factory):
+    case = case_factory(40, 32, 200, ignore_every=5)
+    hidden, weight, bias = case.leaves()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logps = fused_linear_logprobs(hidden.bfloat16(), weight, case.labels, bias, chunk_size=16)
+    (logps * case.upstream).sum().backward()
+    assert weight.grad.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    ref = _run(naive_linear_logprobs, case)
+    torch.testing.assert_close(logps.detach(), ref[0], atol=0.05, rtol=0.02)
+    for got, want in zip((hidden.grad, weight.grad, bias.grad), ref[2]):
+        assert (got - want).abs().max() <= 0.03 * want.abs().max()

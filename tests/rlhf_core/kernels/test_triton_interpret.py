@@ -22,6 +22,7 @@ FP32_TOLERANCE = {"atol": 1e-5, "rtol": 5e-4}
 CASES = (
     "logprobs_multi_slice",
     "logprobs_no_bias_default_block",
+    "logprobs_frozen_head",
     "cross_entropy_mean",
     "cross_entropy_sum",
     "cross_entropy_none",
@@ -72,6 +73,20 @@ def _check(name: str) -> None:
         case = _make_case(bias=False, ignore_every=6)
         loss_of = lambda out: (out * case.upstream).sum()  # noqa: E731
         _compare(_run(triton_linear_logprobs, case, loss_of), _run(naive_linear_logprobs, case, loss_of))
+    elif name == "logprobs_frozen_head":
+        # Only hidden needs a gradient: forward also turns each chunk into its softmax (second kernel).
+        case = _make_case(ignore_every=3)
+        hidden = case.hidden.clone().requires_grad_()
+        logps, entropy = triton_linear_logprobs(
+            hidden, case.weight, case.labels, case.bias, chunk_size=8, block_v=64, return_entropy=True
+        )
+        (logps * case.upstream).sum().backward()
+        ref_hidden = case.hidden.clone().requires_grad_()
+        ref_logps, ref_entropy = naive_linear_logprobs(
+            ref_hidden, case.weight, case.labels, case.bias, return_entropy=True
+        )
+        (ref_logps * case.upstream).sum().backward()
+        _compare(((logps, entropy), (hidden.grad,)), ((ref_logps, ref_entropy), (ref_hidden.grad,)))
     elif name.startswith("cross_entropy"):
         reduction = name.rsplit("_", 1)[1]
         case = _make_case(ignore_every=3)
