@@ -1,0 +1,162 @@
+"""`PipelineConfig`: the one pydantic model that is the YAML file, the Prefect flow parameter and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.config.sources import DataSettings, ModelSource, SyntheticSource
+from tasks.config.stages import STAGE_NAMES, StagesSettings
+
+__all__ = [
+    "ChampionRule",
+    "EvaluationSettings",
+    "PipelineConfig",
+    "ScaleOutSettings",
+    "TrackingSettings",
+]
+
+EvalMetric = Literal["judge_score", "reward_score", "win_rate", "kl_to_ref"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvaluationSettings(_Strict):
+    """Held-out evaluation of every policy (base, SFT, DPO, PPO) and the sample tables logged per stage."""
+
+    judge: Literal["synthetic"] | None = Field(
+        "synthetic",
+        description="Ground-truth judge: 'synthetic' (the bundled task) or null when there is none.",
+    )
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(
+        1.0, ge=0.0, description="Sampling temperature (0 = greedy). KL to the reference is exact only at 1."
+    )
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
+    batch_size: int = Field(32, ge=1)
+    num_samples: int = Field(8, ge=1, description="Rows of each stage's before/after sample table.")
+    seed: int = 0
+
+
+class ChampionRule(_Strict):
+    """When the `champion` alias moves to a newly registered policy."""
+
+    metric: EvalMetric = "judge_score"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    min_delta: float = Field(0.0, ge=0.0, description="Required improvement over the current champion.")
+
+    def beats(self, candidate: float, champion: float | None) -> bool:
+        """True when ``candidate`` should replace ``champion`` (always, when there is no champion yet)."""
+        if champion is None:
+            return True
+        if self.direction == "maximize":
+            return candidate > champion + self.min_delta
+        return candidate < champion - self.min_delta
+
+
+class TrackingSettings(_Strict):
+    """MLflow names. The tracking server itself comes from MLFLOW_TRACKING_URI (default: ./mlflow.db)."""
+
+    experiment_name: str = Field("rlhf", min_length=1)
+    registered_model_name: str = Field("rlhf-policy", min_length=1)
+    champion: ChampionRule = Field(default_factory=ChampionRule)
+    register_policy: Literal["best", "dpo", "ppo"] = Field(
+        "best",
+        description="Which preference-tuned policy to register: the better one by the champion metric.",
+    )
+    log_models: bool = Field(True, description="Log each stage's final checkpoint as an MLflow model.")
+
+
+class ScaleOutSettings(_Strict):
+    """Run training stages through `accelerate launch` (DDP / FSDP / DeepSpeed per the accelerate config)."""
+
+    num_processes: int = Field(
+        1, ge=1, description="1 = in the pipeline's process; N > 1 = accelerate launch."
+    )
+    accelerate_config: str | None = Field(
+        None, description="An accelerate config file (accelerate launch --config_file), e.g. for FSDP."
+    )
+    stages: list[Literal["sft", "reward", "dpo", "ppo"]] = Field(
+        default_factory=lambda: list(STAGE_NAMES),
+        description="Stages launched this way when num_processes > 1.",
+    )
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _config_exists(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"accelerate config file not found: {value!r}")
+        return str(path.resolve())
+
+    def launches(self, stage: str) -> bool:
+        return (self.num_processes > 1 or self.accelerate_config is not None) and stage in self.stages
+
+
+class PipelineConfig(_Strict):
+    """SFT -> reward model -> DPO and/or PPO -> evaluation -> registry, configured in one place."""
+
+    name: str = Field("default", min_length=1, description="Run name shown in Prefect and MLflow.")
+    seed: int = Field(0, description="Training seed of every stage (unless a stage's args set `seed`).")
+    output_dir: str = Field("outputs", description="Where datasets and checkpoints go (per content digest).")
+    model: ModelSource = Field(default_factory=ModelSource)
+    data: DataSettings = Field(default_factory=DataSettings)
+    stages: StagesSettings = Field(default_factory=StagesSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    scale_out: ScaleOutSettings = Field(default_factory=ScaleOutSettings)
+
+    @model_validator(mode="after")
+    def _stages_fit_together(self) -> PipelineConfig:
+        for problem in stage_order_problems(self):
+            raise ValueError(problem)
+        return self
+
+    # ---- derived facts ---------------------------------------------------------------------------------------
+    def has_reward_model(self) -> bool:
+        return self.stages.reward.enabled or self.model.reward_model is not None
+
+    def preference_stages(self) -> list[str]:
+        return [s for s in ("dpo", "ppo") if getattr(self.stages, s).enabled]
+
+
+def stage_order_problems(config: PipelineConfig) -> list[str]:
+    """Combinations that cannot run, each as one message naming the keys involved."""
+    problems: list[str] = []
+    stages = config.stages
+    if not stages.enabled():
+        problems.append("stages: every stage is disabled; enable at least one of sft, reward, dpo, ppo")
+    if stages.ppo.enabled and stages.ppo.reward == "reward_model" and not config.has_reward_model():
+        problems.append(
+            "stages.ppo: PPO scores rollouts with a reward model, but stages.reward.enabled is false and "
+            "model.reward_model is not set (enable the reward stage, give model.reward_model, or set "
+            "stages.ppo.reward: judge)"
+        )
+    judge_needed = stages.ppo.enabled and stages.ppo.reward == "judge"
+    if (judge_needed or config.evaluation.judge == "synthetic") and not isinstance(
+        config.data.eval, SyntheticSource
+    ):
+        what = "stages.ppo.reward: judge" if judge_needed else "evaluation.judge: synthetic"
+        problems.append(
+            f"{what} scores prompts of the bundled synthetic task, but data.eval.source is "
+            f"{config.data.eval.source!r} (use synthetic evaluation prompts, or evaluation.judge: null)"
+        )
+    if judge_needed and not isinstance(config.data.for_role("ppo"), SyntheticSource):
+        problems.append("stages.ppo.reward: judge needs synthetic PPO prompts (data.ppo / data.preference)")
+    metric = config.tracking.champion.metric
+    if metric == "judge_score" and config.evaluation.judge is None:
+        problems.append("tracking.champion.metric: judge_score needs evaluation.judge (it is null)")
+    if metric == "reward_score" and not config.has_reward_model():
+        problems.append(
+            "tracking.champion.metric: reward_score needs a reward model (reward stage or model.reward_model)"
+        )
+    chosen = config.tracking.register_policy
+    if chosen in ("dpo", "ppo") and not getattr(stages, chosen).enabled:
+        problems.append(f"tracking.register_policy: {chosen} but stages.{chosen}.enabled is false")
+    return problems

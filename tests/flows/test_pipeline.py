@@ -1,0 +1,162 @@
+"""The whole pipeline flow on a tiny config, under Prefect's test harness: the MLflow structure it leaves, the
+registry, caching of unchanged stages, and a failing stage failing the flow and its runs."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.pipeline import rlhf_pipeline
+from tasks.config import config_from_mapping
+
+pytestmark = pytest.mark.slow
+
+TRAINING = ("sft", "reward", "dpo", "ppo")
+
+
+def _children(parent_id: str) -> dict[str, mlflow.entities.Run]:
+    parent = MlflowClient().get_run(parent_id)
+    runs = MlflowClient().search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {run.info.run_name: run for run in runs}
+
+
+def _artifacts(run_id: str, folder: str = "") -> set[str]:
+    return {a.path for a in MlflowClient().list_artifacts(run_id, folder)}
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, tiny_config):
+    return rlhf_pipeline(config_from_mapping(tiny_config()))
+
+
+def test_flow_parameter_is_the_pydantic_config():
+    schema = rlhf_pipeline.parameters.model_dump()
+    assert schema["properties"]["config"]["$ref"].endswith("/PipelineConfig")
+    assert "StagesSettings" in schema["definitions"] and "refresh" in schema["properties"]
+
+
+def test_parent_run_and_one_child_per_stage(first_run):
+    client = MlflowClient()
+    parent = client.get_run(first_run.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "tiny"
+    assert parent.data.tags["prefect.flow_run_id"] and parent.data.tags["prefect.flow_run_name"]
+    assert "pipeline_config.json" in _artifacts(parent.info.run_id)
+    children = _children(parent.info.run_id)
+    assert set(children) == {"prepare_data", *TRAINING, "evaluate"}
+    assert all(run.info.status == "FINISHED" for run in children.values())
+    for stage in TRAINING:
+        run = children[stage]
+        assert run.data.tags["rlhf.digest"] == first_run.stages[stage].digest
+        assert {"samples/before.json", "samples/after.json"} <= _artifacts(run.info.run_id, "samples")
+        assert "stage_config.json" in _artifacts(run.info.run_id)
+        assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
+        # step metrics from the trainer's MLflow callback, once per logging step
+        metric = "objective/scores" if stage == "ppo" else "loss"
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert history and len({m.step for m in history}) == len(history), stage
+        # the final checkpoint, logged once as a model of this run
+        model = mlflow.get_logged_model(first_run.stages[stage].model_uri.removeprefix("models:/"))
+        assert model.source_run_id == run.info.run_id
+    assert len(client.search_logged_models([parent.info.experiment_id])) == len(TRAINING)
+
+
+def test_samples_table_columns(first_run):
+    run_id = _children(first_run.parent_run_id)["dpo"].info.run_id
+    table = mlflow.load_table("samples/after.json", run_ids=[run_id])
+    assert list(table.columns) == ["prompt", "response", "judge_score", "reward_score", "run_id"]
+    assert (
+        len(table) == 2 and table["judge_score"].between(0, 1).all() and table["reward_score"].notna().all()
+    )
+
+
+def test_evaluation_on_the_parent_and_the_stage_table(first_run):
+    parent = MlflowClient().get_run(first_run.parent_run_id)
+    for policy in ("base", "sft", "dpo", "ppo"):
+        for metric in ("judge_score", "reward_score", "win_rate", "kl_to_ref"):
+            assert f"{policy}_{metric}" in parent.data.metrics, (policy, metric)
+    assert parent.data.metrics["sft_kl_to_ref"] == 0.0 and parent.data.metrics["sft_win_rate"] == 0.5
+    assert [row.stage for row in first_run.rows] == ["prepare_data", "base", *TRAINING, "evaluate"]
+    assert first_run.wall_seconds > first_run.work_seconds > first_run.train_seconds > 0
+
+
+def test_final_policy_registered_as_champion(first_run):
+    registration = first_run.registration
+    assert registration is not None and registration.policy in ("dpo", "ppo")
+    assert registration.version == "1" and registration.champion_moved
+    version = MlflowClient().get_model_version_by_alias("tiny-policy", "champion")
+    assert str(version.version) == "1" and version.tags["pipeline_run_id"] == first_run.parent_run_id
+
+
+def test_prefect_artifacts(first_run):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read(key):
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+
+    import asyncio
+
+    (link,) = asyncio.run(read("mlflow-parent-run"))
+    assert first_run.parent_run_id in link.data
+    (table,) = asyncio.run(read("rlhf-stage-table"))
+    assert (
+        "| stage | judge score | reward-model score | win rate vs SFT | KL to reference | wall time (s) |"
+        in table.data
+    )
+    assert "| ppo |" in table.data
+
+
+def test_unchanged_stage_is_reused_and_a_deleted_checkpoint_retrained(first_run, tiny_config):
+    only_sft = config_from_mapping(
+        tiny_config(
+            stages={"reward": {"enabled": False}, "dpo": {"enabled": False}, "ppo": {"enabled": False}}
+        )
+    )
+    again = rlhf_pipeline(only_sft)
+    sft = again.stages["sft"]
+    assert sft.digest == first_run.stages["sft"].digest
+    assert sft.run_id == first_run.stages["sft"].run_id  # the cached result: no training this time
+    assert set(_children(again.parent_run_id)) == {"prepare_data", "evaluate"}
+    assert MlflowClient().get_run(again.parent_run_id).data.tags["rlhf.sft.cached_from_run"] == sft.run_id
+    assert again.registration is None  # no preference stage ran: nothing to register
+
+    shutil.rmtree(sft.model_dir)
+    third = rlhf_pipeline(only_sft)
+    assert third.stages["sft"].parent_run_id == third.parent_run_id and third.stages["sft"].exists()
+    assert "sft" in _children(third.parent_run_id)
+
+
+def test_failing_stage_fails_the_flow_and_its_runs(first_run, tiny_config, monkeypatch):
+    from tasks import training
+
+    def explode(spec, args):
+        raise RuntimeError("dpo exploded")
+
+    monkeypatch.setitem(training.TRAINER_BUILDERS, "dpo", explode)
+    # another DPO setting: a new digest, so the stage really runs; retries off so it fails at once
+    config = config_from_mapping(
+        tiny_config(
+            stages={"dpo": {"retries": 0, "args": {"max_steps": 3, "beta": 0.2}}, "ppo": {"enabled": False}}
+        )
+    )
+    state = rlhf_pipeline(config, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RuntimeError, match="dpo exploded"):
+        state.result()
+    experiment = MlflowClient().get_experiment_by_name("tiny")
+    (parent,) = MlflowClient().search_runs(
+        [experiment.experiment_id],
+        "tags.`rlhf.role` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    assert parent.info.status == "FAILED"
+    dpo = _children(parent.info.run_id)["dpo"]
+    assert dpo.info.status == "FAILED" and dpo.data.tags["rlhf.error"] == "dpo exploded"
+    assert "evaluate" not in _children(parent.info.run_id)
