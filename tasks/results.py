@@ -44,6 +44,7 @@ class TrainOutcome(BaseModel):
     final_dir: str
     train_seconds: float
     global_step: int
+    num_processes: int = 1
     resumed_from: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
 

@@ -178,6 +178,7 @@ def run_stage_training(spec: StageSpec) -> TrainOutcome:
         final_dir=str(spec.final_dir.resolve()),
         train_seconds=train_seconds,
         global_step=int(trainer.state.global_step),
+        num_processes=int(args.world_size),
         resumed_from=resume,
         metrics=_final_metrics(trainer, result),
     )
