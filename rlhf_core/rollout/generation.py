@@ -27,7 +27,8 @@ class GenerationOutput:
 
     prompt_ids / prompt_mask: [B, P], left padded. response_ids: [B, R], ``pad_token_id`` after the first
     stop token. response_mask: [B, R], 1 on generated tokens up to and including the stop token.
-    finished: [B] bool, True where a stop token was generated.
+    finished: [B] bool, True where a stop token was generated. logprobs: [B, R] log-probs of the sampled
+    tokens under the full softmax of logits / temperature (0 where masked), when asked for.
     """
 
     prompt_ids: torch.Tensor
@@ -35,6 +36,7 @@ class GenerationOutput:
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     finished: torch.Tensor
+    logprobs: torch.Tensor | None = None
 
     @property
     def sequences(self) -> torch.Tensor:
@@ -96,12 +98,15 @@ def generate(
     sampling: SamplingParams | None = None,
     min_new_tokens: int = 0,
     generator: torch.Generator | None = None,
+    return_logprobs: bool = False,
 ) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` tokens per row of left-padded ``input_ids`` [B, P].
 
     Rows stop at their first token in ``stop_token_ids`` (kept in the response, masked in); the loop ends when
     every row has stopped. ``min_new_tokens`` forbids stop tokens before that many tokens. ``model`` is a causal
-    LM (a value-head model is looked through).
+    LM (a value-head model is looked through). ``return_logprobs`` also returns each sampled token's log-prob
+    under softmax(logits / temperature), unfiltered by top-k/top-p: the distribution PPO's training pass scores,
+    read off the logits the sampler computed anyway instead of a second forward pass.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -113,18 +118,30 @@ def generate(
     logits = decoder.prefill(input_ids)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     tokens: list[torch.Tensor] = []
+    logprobs: list[torch.Tensor] = []
     for step in range(max_new_tokens):
+        scaled = torch.log_softmax(logits.float() / sampling.temperature, dim=-1) if return_logprobs else None
         if step < min_new_tokens and stop_ids.numel():
             logits = logits.index_fill(-1, stop_ids, -float("inf"))
-        token = sample_next_token(logits, sampling, generator).masked_fill(finished, pad_token_id)
+            reusable = None
+        else:
+            reusable = scaled
+        token = sample_next_token(logits, sampling, generator, logprobs=reusable).masked_fill(
+            finished, pad_token_id
+        )
         tokens.append(token)
+        if scaled is not None:
+            logprobs.append(scaled.gather(-1, token[:, None]).squeeze(-1))
         if stop_ids.numel():
             finished |= torch.isin(token, stop_ids)
         if step + 1 == max_new_tokens or bool(finished.all()):
             break
         logits = decoder.next(token, step)
     response, response_mask = truncate_after_stop(torch.stack(tokens, dim=1), stop_ids.tolist(), pad_token_id)
-    return GenerationOutput(input_ids, attention_mask.long(), response, response_mask, finished)
+    token_logprobs = torch.stack(logprobs, dim=1) * response_mask if return_logprobs else None
+    return GenerationOutput(
+        input_ids, attention_mask.long(), response, response_mask, finished, token_logprobs
+    )
 
 
 class _Decoder:

@@ -263,22 +263,29 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
         device = self.accelerator.device
         prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         started = time.time()
-        responses = self.rollout.sample(prompt_ids, prompt_mask)
+        responses, logprobs = self.rollout.sample(prompt_ids, prompt_mask)
         scores = self.rollout.score(responses, batch.get("prompt"))
+        seconds = time.time() - started
         metrics = self._optimise_batch(
-            responses, scores, classic=False, rollout_seconds=time.time() - started
+            responses, scores, classic=False, rollout_seconds=seconds, logprobs=logprobs
         )
         self.state.epoch = self.state.episode / len(self.train_dataset)
         return metrics
 
     def _optimise_batch(
-        self, batch: ResponseBatch, scores: torch.Tensor, *, classic: bool, rollout_seconds: float = 0.0
+        self,
+        batch: ResponseBatch,
+        scores: torch.Tensor,
+        *,
+        classic: bool,
+        rollout_seconds: float = 0.0,
+        logprobs: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """Experience from a scored batch, the PPO epochs on it, KL-controller update, metrics."""
         self._prepare(None if classic else 1)
         started = time.time()
         kl_coef, lr = self.kl_ctl.value, self._current_lr()
-        exp = self.rollout.experience(batch, scores, kl_coef)
+        exp = self.rollout.experience(batch, scores, kl_coef, logprobs)
         metrics = rollout_metrics(exp, kl_coef=kl_coef, stop_ids=self.rollout.stop_ids)
         rollout_seconds += time.time() - started
         started = time.time()

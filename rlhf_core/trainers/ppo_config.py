@@ -76,6 +76,11 @@ class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
     missing_eos_penalty: float | None = field(
         default=None, metadata=_help("Subtracted from the score of responses that never emit the stop token.")
     )
+    recompute_rollout_logprobs: bool = field(
+        default=False,
+        metadata=_help("False: the old log-probs are read off the sampling logits (no second policy pass). "
+                       "True: a separate forward pass computes them, with exactly the training pass's numerics."),
+    )  # fmt: skip
     max_prompt_length: int | None = field(
         default=None, metadata=_help("Prompts longer than this keep their last tokens (None: no limit).")
     )

@@ -92,12 +92,18 @@ class PolicyAndValue(nn.Module):
             temperature=temperature,
             return_entropy=return_entropy,
         )
+        return PolicyValueOutput(logps, entropy, self._values(batch, hidden))
+
+    def values(self, batch: ResponseBatch) -> torch.Tensor:
+        """Only the value before each response token, [B, R]: no vocabulary projection at all."""
+        hidden = response_hidden_states(backbone(self.policy), batch) if self.v_head is not None else None
+        return self._values(batch, hidden)
+
+    def _values(self, batch: ResponseBatch, policy_hidden: torch.Tensor | None) -> torch.Tensor:
         if self.v_head is not None:
-            values = self.v_head(hidden)
-        else:
-            value_hidden = response_hidden_states(backbone(self.value_model), batch)
-            values = score_head_of(self.value_model)(value_hidden).squeeze(-1).float()
-        return PolicyValueOutput(logps, entropy, values)
+            return self.v_head(policy_hidden)
+        value_hidden = response_hidden_states(backbone(self.value_model), batch)
+        return score_head_of(self.value_model)(value_hidden).squeeze(-1).float()
 
     # ---- persistence -------------------------------------------------------------------------------------
 

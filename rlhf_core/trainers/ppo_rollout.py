@@ -61,11 +61,18 @@ class RolloutEngine:
         return SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
 
     @torch.no_grad()
-    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> ResponseBatch:
-        """Responses to left-padded prompts, in chunks; [B, R] with R the longest response of the batch."""
+    def sample(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> tuple[ResponseBatch, torch.Tensor | None]:
+        """Responses to left-padded prompts, in chunks; [B, R] with R the longest response of the batch.
+
+        Also returns the sampled tokens' log-probs [B, R] read off the sampling logits, unless
+        ``recompute_rollout_logprobs`` asks for a separate forward pass (then None).
+        """
         policy = self.model().policy
         chunk = self.config.local_rollout_forward_batch_size
-        responses, masks = [], []
+        keep_logprobs = not self.config.recompute_rollout_logprobs
+        responses, masks, logprobs = [], [], []
         with _eval_mode(policy):
             for start in range(0, prompt_ids.shape[0], chunk):
                 out = generate(
@@ -76,13 +83,16 @@ class RolloutEngine:
                     pad_token_id=self.pad_id,
                     stop_token_ids=self.stop_ids,
                     sampling=self.sampling,
+                    return_logprobs=keep_logprobs,
                 )
                 responses.append(out.response_ids)
                 masks.append(out.response_mask)
+                logprobs.append(out.logprobs)
         width = max(r.shape[1] for r in responses)
         response_ids = torch.cat([pad_columns(r, width, self.pad_id) for r in responses])
         response_mask = torch.cat([pad_columns(m, width, 0) for m in masks])
-        return ResponseBatch(prompt_ids, prompt_mask.long(), response_ids.long(), response_mask.long())
+        batch = ResponseBatch(prompt_ids, prompt_mask.long(), response_ids.long(), response_mask.long())
+        return batch, torch.cat([pad_columns(lp, width) for lp in logprobs]) if keep_logprobs else None
 
     def decode_responses(self, batch: ResponseBatch) -> list[str]:
         ids = batch.response_ids.masked_fill(batch.response_mask == 0, self.pad_id)
@@ -120,14 +130,22 @@ class RolloutEngine:
         return scores - self.config.missing_eos_penalty * (~has_stop).to(scores.dtype)
 
     @torch.no_grad()
-    def evaluate(self, batch: ResponseBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(policy log-probs, reference log-probs, values), each [B, R], before any update."""
+    def evaluate(
+        self, batch: ResponseBatch, logprobs: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(policy log-probs, reference log-probs, values), each [B, R], before any update.
+
+        With ``logprobs`` already known (read off the sampling logits), the policy pass computes the values only.
+        """
         model = self.model()
         size, temperature = self.config.local_rollout_forward_batch_size, self.config.temperature
         logps, values = [], []
         with _eval_mode(model):
             for start in range(0, len(batch), size):
                 part, width = batch.select(slice(start, start + size)).trimmed()
+                if logprobs is not None:
+                    values.append(pad_columns(model.values(part).float(), width))
+                    continue
                 out = model(
                     part.prompt_ids,
                     part.prompt_mask,
@@ -139,7 +157,8 @@ class RolloutEngine:
                 values.append(pad_columns(out.values.float(), width))
             with self._reference() as ref:
                 ref_logps = response_logprobs(ref, batch, temperature=temperature, micro_batch_size=size)
-        return torch.cat(logps), ref_logps, torch.cat(values)
+        policy_logps = logprobs if logprobs is not None else torch.cat(logps)
+        return policy_logps, ref_logps, torch.cat(values)
 
     @contextlib.contextmanager
     def _reference(self):
@@ -151,8 +170,10 @@ class RolloutEngine:
         with _eval_mode(policy), policy.disable_adapter():
             yield policy
 
-    def experience(self, batch: ResponseBatch, scores: torch.Tensor, kl_coef: float) -> Experience:
-        logps, ref_logps, values = self.evaluate(batch)
+    def experience(
+        self, batch: ResponseBatch, scores: torch.Tensor, kl_coef: float, logprobs: torch.Tensor | None = None
+    ) -> Experience:
+        logps, ref_logps, values = self.evaluate(batch, logprobs)
         cfg = self.config
         return build_experience(
             batch,

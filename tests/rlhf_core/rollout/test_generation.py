@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rlhf_core.rollout.generation import generate, position_ids_from_mask, truncate_after_stop
+from rlhf_core.rollout.logprobs import ResponseBatch, response_logprobs
 from rlhf_core.rollout.sampling import SamplingParams
 
 GREEDY = SamplingParams(do_sample=False)
@@ -84,3 +85,17 @@ def test_sampling_is_reproducible_with_a_generator_and_validates_length(tiny, pr
     assert torch.equal(draw(), draw())
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, ids, mask, max_new_tokens=0, pad_token_id=tok.pad_token_id)
+
+
+def test_sampling_log_probs_equal_a_separate_scoring_pass(tiny, prompts):
+    model, tok = tiny
+    ids, mask, _ = prompts
+    torch.manual_seed(3)
+    out = generate(model, ids, mask, max_new_tokens=10, pad_token_id=tok.pad_token_id,
+                   stop_token_ids=[tok.eos_token_id], sampling=SamplingParams(temperature=0.7, top_k=50),
+                   return_logprobs=True)  # fmt: skip
+    batch = ResponseBatch(out.prompt_ids, out.prompt_mask, out.response_ids, out.response_mask)
+    # the full softmax at the sampling temperature (not the top-k-filtered one), as PPO's training pass sees it
+    rescored = response_logprobs(model, batch, temperature=0.7)
+    torch.testing.assert_close(out.logprobs, rescored, atol=1e-4, rtol=1e-4)
+    assert (out.logprobs[out.response_mask == 0] == 0).all()

@@ -32,6 +32,18 @@ def test_top_k_and_top_p_restrict_the_support_and_renormalise():
     assert freq[3] == 0 and freq[2] > 0.1
 
 
+def test_reused_log_probs_give_the_same_distribution():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    params = SamplingParams(temperature=0.5)
+    n = 20000
+    logprobs = torch.log_softmax(logits / 0.5, dim=-1).expand(n, -1)
+    draws = sample_next_token(
+        logits.expand(n, -1), params, torch.Generator().manual_seed(1), logprobs=logprobs
+    )
+    freq = torch.bincount(draws, minlength=3).float() / n
+    torch.testing.assert_close(freq, torch.tensor([0.36, 0.09, 0.01]) / 0.46, atol=0.015, rtol=0)
+
+
 def test_greedy_and_validation():
     logits = torch.tensor([[0.1, 3.0, -1.0], [2.0, 0.0, 0.0]])
     assert sample_next_token(logits, SamplingParams(do_sample=False)).tolist() == [1, 0]

@@ -1,0 +1,220 @@
+"""PPO update time and peak memory: rlhf_core's PPOTrainer vs TRL 1.12's experimental PPOTrainer.
+
+Workload (issue 4): one ~11M-parameter Llama (vocabulary 30,522) used as policy, reference, reward model and
+value model; 8 prompts per update, exactly 32 response tokens (no stop token, so both sample the same
+length), one PPO epoch, one mini-batch, fp32, CPU, one process per trainer, the same thread count.
+
+Each trainer runs in a FRESH subprocess (TRL from ``--trl-path``, put on ``sys.path`` in that subprocess only:
+``pip install --no-deps --target /tmp/trl112 trl==1.12.0``). A callback stamps wall and process CPU time at the
+end of every update; the first ``--warmup`` updates are dropped. Printed, never asserted: seconds per update
+(median wall and CPU), peak RSS of the process, and the ratios ours/TRL (targets: <= 0.4x s/update, lower RSS).
+On a shared machine wall time swings with the neighbours' load; CPU time much less.
+
+    python benchmarks/bench_ppo.py                       # 6 updates each, 2 threads
+    python benchmarks/bench_ppo.py --updates 3 --threads 1 --rounds 2
+    python benchmarks/bench_ppo.py --also-value-head     # adds rlhf_core with value_model=None
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 2**20
+TIME_TARGET = 0.4
+
+# ~11M parameters: 2 x 30522 x 160 (untied embeddings and head) + 4 blocks of 160-wide attention and MLP.
+MODEL_SHAPE = dict(vocab_size=30522, hidden_size=160, intermediate_size=640, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)  # fmt: skip
+
+
+def build_model_folder(folder: Path) -> None:
+    """Save the benchmark Llama (fixed seed) and the tiny model's tokenizer into ``folder``."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rlhf_core.models.tiny import tiny_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path())
+    config = LlamaConfig(**MODEL_SHAPE, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _prompts(tokenizer, n: int):
+    from datasets import Dataset
+
+    from rlhf_core.data.synthetic import SyntheticTask
+
+    rows = SyntheticTask(0).prompt_dataset(n, "train")["prompt"]
+    ids = [tokenizer.apply_chat_template(r, add_generation_prompt=True)["input_ids"] for r in rows]
+    return Dataset.from_dict({"input_ids": ids})
+
+
+def _stamp_callback(stamps: list[tuple[float, float]]):
+    from transformers import TrainerCallback
+
+    class Stamp(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            stamps.append((time.perf_counter(), time.process_time()))
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append((time.perf_counter(), time.process_time()))
+
+    return Stamp()
+
+
+def _common(args) -> dict:
+    return dict(output_dir=tempfile.mkdtemp(prefix="bench-ppo-"), per_device_train_batch_size=8,
+                gradient_accumulation_steps=1, num_mini_batches=1, num_ppo_epochs=1, response_length=32,
+                local_rollout_forward_batch_size=8, total_episodes=8 * args.updates, learning_rate=1e-6,
+                temperature=1.0, report_to="none", save_strategy="no", logging_steps=1, seed=0, disable_tqdm=True,
+                bf16=False, fp16=False)  # fmt: skip
+
+
+def _run_ours(args, folder: str, stamps) -> None:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_core import PPOConfig, PPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    config = PPOConfig(**_common(args), stop_token=None)
+    value = (
+        None
+        if args.variant == "ours-value-head"
+        else AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+    )
+    trainer = PPOTrainer(
+        args=config,
+        model=AutoModelForCausalLM.from_pretrained(folder),
+        ref_model=AutoModelForCausalLM.from_pretrained(folder),
+        reward_model=AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1),
+        value_model=value,
+        train_dataset=_prompts(tok, 8 * args.updates),
+        processing_class=tok,
+        callbacks=[_stamp_callback(stamps)],
+    )
+    trainer.train()
+
+
+def _run_trl(args, folder: str, stamps) -> None:
+    sys.path.insert(0, args.trl_path)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    config = PPOConfig(**_common(args), num_sample_generations=0, stop_token=None)
+    dataset = _prompts(tok, 8 * args.updates)
+    trainer = PPOTrainer(
+        args=config,
+        processing_class=tok,
+        model=AutoModelForCausalLM.from_pretrained(folder),
+        ref_model=AutoModelForCausalLM.from_pretrained(folder),
+        reward_model=AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1),
+        value_model=AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        callbacks=[_stamp_callback(stamps)],
+    )
+    trainer.train()
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    stamps: list[tuple[float, float]] = []
+    run = _run_trl if args.variant == "trl" else _run_ours
+    run(args, args.folder, stamps)
+    walls = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])][args.warmup :]
+    cpus = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])][args.warmup :]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print("RESULT " + json.dumps({"wall": walls, "cpu": cpus, "peak_rss": peak}), flush=True)
+
+
+def _spawn(args, variant: str, folder: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--variant", variant, "--folder", folder,
+           "--updates", str(args.updates), "--warmup", str(args.warmup), "--threads", str(args.threads),
+           "--trl-path", args.trl_path]  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{variant} worker failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--updates", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1, help="updates dropped from the timings")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="alternate fresh ours/TRL processes R times")
+    parser.add_argument("--trl-path", default="/tmp/trl112")
+    parser.add_argument("--also-value-head", action="store_true")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="ours", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    if not Path(args.trl_path, "trl").is_dir():
+        sys.exit(
+            f"TRL 1.12 not found under {args.trl_path}: pip install --no-deps --target {args.trl_path} trl==1.12.0"
+        )
+    variants = ["ours", "trl"] + (["ours-value-head"] if args.also_value_head else [])
+    with tempfile.TemporaryDirectory(prefix="bench-ppo-model-") as folder:
+        build_model_folder(Path(folder))
+        results: dict[str, list[dict]] = {v: [] for v in variants}
+        for _ in range(args.rounds):
+            for variant in variants:
+                results[variant].append(_spawn(args, variant, folder))
+    _report(args, results)
+
+
+def _report(args, results: dict[str, list[dict]]) -> None:
+    def summary(runs: list[dict]) -> dict[str, float]:
+        return {
+            "wall": statistics.median(w for r in runs for w in r["wall"]),
+            "cpu": statistics.median(c for r in runs for c in r["cpu"]),
+            "rss": statistics.median(r["peak_rss"] for r in runs) / MIB,
+        }
+
+    table = {name: summary(runs) for name, runs in results.items()}
+    trl = table["trl"]
+    print(f"PPO update: 8 prompts x 32 tokens, 1 epoch, fp32, CPU, {args.threads} thread(s), "
+          f"{args.updates} updates ({args.warmup} warm-up dropped) x {args.rounds} round(s)")  # fmt: skip
+    print(
+        f"{'trainer':<18}{'s/update (wall)':>17}{'s/update (CPU)':>16}{'peak RSS MiB':>14}{'wall ratio':>12}{'RSS ratio':>11}"
+    )
+    for name, row in table.items():
+        print(f"{name:<18}{row['wall']:>17.3f}{row['cpu']:>16.3f}{row['rss']:>14.0f}"
+              f"{row['wall'] / trl['wall']:>12.2f}{row['rss'] / trl['rss']:>11.2f}")  # fmt: skip
+    ours = table["ours"]
+    print(f"target: s/update ratio <= {TIME_TARGET} (wall {ours['wall'] / trl['wall']:.2f}, "
+          f"CPU {ours['cpu'] / trl['cpu']:.2f}); peak RSS lower ({ours['rss'] / trl['rss']:.2f}x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
