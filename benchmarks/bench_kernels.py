@@ -106,7 +106,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(args.n, args.h, generator=generator).requires_grad_()
-    weight = (torch.randn(args.v, args.h, generator=generator) * 0.02).requires_grad_()
+    weight = (torch.randn(args.v, args.h, generator=generator) * 0.02).requires_grad_(not args.freeze_weight)
     labels = torch.randint(0, args.v, (args.n,), generator=generator)
     upstream = torch.randn(args.n, generator=generator)
     step = _make_step(args.op, args.variant, args.chunk_size)
@@ -162,6 +162,8 @@ def _spawn(args: argparse.Namespace, op: str, variant: str, chunk_size: int | No
         "--repeats",
         str(args.repeats),
     ]
+    if args.freeze_weight:
+        command.append("--freeze-weight")
     if chunk_size:
         command += ["--chunk-size", str(chunk_size)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -211,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk-sizes", default="auto", help="comma list of fused chunk sizes ('auto' = default)"
     )
+    parser.add_argument(
+        "--freeze-weight",
+        action="store_true",
+        help="LM head frozen (LoRA-style): only hidden gets a gradient",
+    )
     parser.add_argument("--smoke", action="store_true", help="small shape (N=512, V=4000), 2 repeats")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--op", default="logprobs", help=argparse.SUPPRESS)
@@ -226,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"N={args.n} H={args.h} V={args.v} fp32 CPU, torch threads={args.threads}, "
         f"{args.repeats} timed repeats, one fresh process per variant"
+        + (", LM head frozen" if args.freeze_weight else "")
     )
     for op in args.ops.split(","):
         naive_runs: list[dict] = []

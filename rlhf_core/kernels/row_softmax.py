@@ -4,10 +4,9 @@ The chunk driver (``chunked.py``) owns the matmuls; per chunk it hands a ``[C, V
 logits (already divided by the temperature) to a ``RowSoftmaxOps``. The torch implementation here
 runs anywhere; ``triton_logprobs.TritonRowSoftmax`` does the same with Triton kernels on CUDA.
 
-Only three operations are needed, because the gradient ``coef * (onehot(target) - softmax)`` is never
-written out: the driver applies the one-hot part to ``[C, H]``-sized tensors (``index_add_``) and feeds
-the plain softmax to the matmuls. So the only full passes over a chunk are one log-softmax in the
-forward and one softmax in the backward.
+Three operations suffice: the driver subtracts the one-hot itself (a C-element scatter) and folds the
+per-row upstream gradient into ``[C, H]``-sized matmul operands, so the only full passes over a chunk
+are one log-softmax in the forward and one softmax in the backward.
 """
 
 from __future__ import annotations
