@@ -2,8 +2,9 @@
 
 Per chunk of rows the logits ``(h_c @ W.T + b) / T`` are written into one reused fp32 buffer
 ``[C, V]``; a ``RowSoftmaxOps`` backend (torch here, Triton on CUDA) reduces them to per-row
-statistics. What is kept between forward and backward is ``[N]``-sized (the rows' logsumexp), so
-the extra memory is the weight gradient plus one chunk of logits.
+statistics. The log-prob op keeps only ``[N]``-sized statistics (the rows' logsumexp) between forward
+and backward (``[N, H]`` with a frozen LM head, see below); the cross-entropy op keeps the gradients
+it computed. The extra memory is the weight gradient plus one chunk of logits.
 
 Gradients: with ``logp_i = z_i[y_i] - lse(z_i)`` and ``z = (h W^T + b) / T``, an upstream ``g_i`` gives
 ``dL/d(hW^T + b)_i = -(g_i / T) * (softmax(z_i) - onehot(y_i))``. The chunk buffer is turned into
@@ -31,8 +32,8 @@ from rlhf_core.kernels.row_softmax import RowSoftmaxOps, TorchRowSoftmax
 
 __all__ = [
     "LinearCrossEntropyFunction",
-    "accumulation_dtype",
     "LinearLogprobsFunction",
+    "accumulation_dtype",
     "chunked_linear_cross_entropy",
     "chunked_linear_logprobs",
     "default_chunk_size",
