@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from flows.cli import build_parser as build_flows_parser
@@ -131,6 +132,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # `rlhf ingest` without PREFECT_API_URL starts Prefect's local API, slow to answer on a busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     parser = build_parser()
     args, _ = parser.parse_known_args(argv)
     handler = getattr(args, _HANDLER, None)

@@ -3,7 +3,7 @@
 # deployments/prefect.yaml, then poll the pool. Every flow run executes as a subprocess of this worker.
 set -eu
 
-pool="${RLHF_WORK_POOL:-rlhf-process}"
+pool="${RLHF_WORK_POOL:-rlhf}"  # the pool named in deployments/prefect.yaml
 
 # The worker would create the pool too, but `prefect deploy` needs it first.
 prefect work-pool inspect "$pool" >/dev/null 2>&1 \

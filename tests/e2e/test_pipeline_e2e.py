@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -64,7 +65,8 @@ TINY_CONFIG = {
         "ppo": {"args": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "response_length": 8}},
     },
     "evaluation": {"max_new_tokens": 8, "num_samples": 2, "batch_size": 4},
-    "tracking": {"experiment_name": "e2e", "registered_model_name": "e2e-policy"},
+    # No model logging: the checkpoints are not what this test checks, and uploading them costs seconds per stage.
+    "tracking": {"experiment_name": "e2e", "registered_model_name": "e2e-policy", "log_models": False},
 }
 
 
@@ -294,3 +296,57 @@ def test_ui_runs_mlflow_structure_then_ingestion_retrains(stack: Stack, served):
         f"{len(retraining_runs())}",
         file=sys.stderr,
     )
+
+
+def test_prefect_yaml_deploys_to_a_work_pool_whose_worker_runs_the_flows(stack: Stack, tmp_path: Path):
+    """`prefect deploy` of deployments/prefect.yaml, then a process worker executes a run from the pool."""
+    root = Path(__file__).resolve().parents[2]
+    inbox, store = tmp_path / "inbox", tmp_path / "store"
+    inbox.mkdir()
+    api(stack, "POST", "/work_pools/", json={"name": "rlhf", "type": "process"})
+    env = {**stack.env, "RLHF_WATCH_FOLDER": str(inbox), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    deploy = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
+         "--prefect-file", str(root / "deployments" / "prefect.yaml")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+
+    pipeline = deployment(stack, PIPELINE)
+    assert (pipeline["work_pool_name"], pipeline["work_queue_name"]) == ("rlhf", "default")
+    assert deployment(stack, ("rlhf-pipeline", "rlhf-pipeline-gpu"))["work_queue_name"] == "gpu"
+    (schedule,) = pipeline["schedules"]
+    assert schedule["schedule"]["cron"] == "0 3 * * 1" and schedule["active"] is False
+    automations = api(stack, "POST", "/automations/filter", json={}).json()
+    retrain = [a for a in automations if any(x.get("deployment_id") == pipeline["id"] for x in a["actions"])]
+    assert len(retrain) == 1 and retrain[0]["trigger"]["expect"] == ["preference-data.arrived"]
+    assert deployment(stack, WATCHER)["parameters"] == {"folder": str(inbox)}
+
+    worker = start_process(
+        "prefect-worker",
+        [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "rlhf", "--work-queue", "default"],
+        env=env, log_dir=tmp_path, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        ingest = deployment(stack, ("ingest-preferences", "ingest-preferences"))
+        data = tmp_path / "pairs.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in NEW_PAIRS[:4]))
+        since = datetime.now(timezone.utc).isoformat()
+        run = api(stack, "POST", f"/deployments/{ingest['id']}/create_flow_run",
+                  json={"parameters": {"path_or_uri": str(data), "store_dir": str(store)}}).json()  # fmt: skip
+        final = wait_until(lambda: (s := flow_run(stack, run["id"]))["state_type"] in TERMINAL and s, timeout=240,
+                           what="the worker to run the ingestion", procs=(*stack.processes, worker))  # fmt: skip
+        assert final["state_type"] == "COMPLETED", worker.log_tail()
+        (event,) = wait_until(lambda: events(stack, "preference-data.arrived", since), timeout=60,
+                              what="the event from the worker's run", procs=(worker,))  # fmt: skip
+        assert Path(event["payload"]["uri"]).parent.parent == store
+        # prefect.yaml's trigger (templated in YAML) starts the pipeline on the new version, in the pool.
+        retraining = wait_until(
+            lambda: [r for r in flow_runs(stack, pipeline["id"]) if r["created"] >= since], timeout=60,
+            what="the retraining run from prefect.yaml's trigger", procs=(worker,),
+        )  # fmt: skip
+        config = retraining[0]["parameters"]["config"]
+        assert config["data"]["preference"] == {"source": "file", "path": event["payload"]["uri"]}
+        assert retraining[0]["work_queue_name"] == "default"
+    finally:
+        stop_process(worker)
