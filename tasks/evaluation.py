@@ -84,6 +84,29 @@ def win_rate(candidate: Sequence[float], baseline: Sequence[float]) -> float:
     return fmean(1.0 if c > b else 0.5 if c == b else 0.0 for c, b in zip(candidate, baseline))
 
 
+def _kl(
+    name: str,
+    path: str,
+    reference: str,
+    policies: Mapping[str, str],
+    samples: Samples,
+    prompts: Sequence[Any],
+    settings: EvaluationSettings,
+    models: ModelCache,
+) -> list[float]:
+    """KL(policy || reference) per prompt, on samples drawn at temperature 1 (where the estimator is unbiased):
+    the scored samples when they were, fresh ones otherwise (e.g. greedy scoring)."""
+    if name == reference:
+        return [0.0] * len(prompts)
+    if settings.temperature != 1.0 or settings.top_k:
+        samples = _samples(
+            path, prompts, settings.model_copy(update={"temperature": 1.0, "top_k": 0}), models
+        )
+    return kl_to_reference(
+        path, policies[reference], samples, temperature=1.0, batch_size=settings.batch_size, models=models
+    )
+
+
 def evaluate_policies(
     policies: Mapping[str, str],
     prompts: Sequence[Any],
@@ -104,18 +127,7 @@ def evaluate_policies(
     for name, path in policies.items():
         samples = _samples(path, prompts, settings, models)
         judge, reward = _scores(samples, settings, reward_model, models)
-        kl = (
-            kl_to_reference(
-                path,
-                policies[reference],
-                samples,
-                temperature=settings.temperature,
-                batch_size=settings.batch_size,
-                models=models,
-            )
-            if name != reference
-            else [0.0] * len(prompts)
-        )
+        kl = _kl(name, path, reference, policies, samples, prompts, settings, models)
         per_prompt[name] = judge if judge is not None else reward
         metrics[name] = PolicyMetrics(
             judge_score=fmean(judge) if judge else None,

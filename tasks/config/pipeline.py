@@ -34,7 +34,10 @@ class EvaluationSettings(_Strict):
     )
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(
-        1.0, ge=0.0, description="Sampling temperature (0 = greedy). KL to the reference is exact only at 1."
+        0.0,
+        ge=0.0,
+        description="Sampling temperature of the scored answers (0 = greedy). The KL to the reference is always "
+        "estimated on samples at temperature 1, where the estimator is unbiased.",
     )
     top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
     batch_size: int = Field(32, ge=1)
