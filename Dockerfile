@@ -49,10 +49,12 @@ COPY deployments ./deployments
 COPY configs ./configs
 COPY docker/worker-entrypoint.sh /usr/local/bin/rlhf-worker
 # Editable install: flow entry points (flows/pipeline.py:...) are read from /app, the deployments' working
-# directory, and the `rlhf` command comes from the same code.
+# directory, and the `rlhf` command comes from the same code. Runs write `outputs/` (relative to /app):
+# a link to the data volume keeps checkpoints across containers.
 RUN pip install --no-deps -e . \
     && useradd --create-home --uid 10001 rlhf \
-    && mkdir -p /data/cache /data/datasets /data/inbox /data/hf /data/outputs \
+    && mkdir -p /data/cache /data/datasets /data/inbox /data/hf /data/outputs /data/prefect \
+    && ln -s /data/outputs /app/outputs \
     && chown -R rlhf /data /app
 USER rlhf
 VOLUME ["/data"]

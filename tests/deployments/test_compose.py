@@ -89,7 +89,11 @@ def test_services_are_wired_to_each_other(compose):
     services = compose["services"]
     server_env = services["prefect-server"]["environment"]
     assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://prefect:")
+    # API and services in two processes: what they share must not be in-memory
     assert server_env["PREFECT_MESSAGING_BROKER"] == "prefect_redis.messaging"
+    assert server_env["PREFECT_SERVER_EVENTS_CAUSAL_ORDERING"] == "prefect_redis.ordering"
+    assert server_env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] == "prefect_redis.lease_storage"
+    assert server_env["PREFECT_SERVER_DOCKET_URL"].startswith("redis://redis:6379")
     assert services["prefect-services"]["environment"] == server_env
     mlflow_env = services["mlflow"]["environment"]
     assert mlflow_env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:")

@@ -25,6 +25,12 @@ PIPELINE = ("rlhf-pipeline", "rlhf-pipeline")  # flow name, deployment name
 WATCHER = ("watch-preference-folder", "watch-preference-folder")
 STAGES = ("sft", "reward", "dpo", "ppo")
 RUN_TIMEOUT = 720.0
+# Credentials the served process holds (MLflow basic auth, a hub token): none may reach logs, params or tags.
+CANARIES = {
+    "MLFLOW_TRACKING_USERNAME": "e2e-user",
+    "MLFLOW_TRACKING_PASSWORD": "pw-canary-7f3a",
+    "HF_TOKEN": "hf_canary9c1d",
+}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 NEW_PAIRS = [
@@ -142,7 +148,7 @@ def served(stack: Stack, tmp_path: Path):
     config.write_text(yaml.safe_dump(TINY_CONFIG))
     inbox, store = tmp_path / "inbox", tmp_path / "store"
     inbox.mkdir()
-    env = {**stack.env, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    env = {**stack.env, "PREFECT_RUNNER_POLL_FREQUENCY": "2", **CANARIES}
     # `python -m deployments.cli` is the `rlhf` console script's target (the same code, whatever the venv holds).
     cmd = [
         sys.executable, "-m", "deployments.cli", "serve", str(config),
@@ -187,6 +193,31 @@ def _check_two_concurrent_runs(stack: Stack, runs: list[dict], output: Path) -> 
     assert finals == sorted(STAGES), finals
 
 
+def _assert_no_secret_leaked(stack: Stack, runs: list[dict], served_log: str) -> None:
+    secrets = [CANARIES["MLFLOW_TRACKING_PASSWORD"], CANARIES["HF_TOKEN"]]
+    logs = api(stack, "POST", "/logs/filter",
+               json={"logs": {"flow_run_id": {"any_": [r["id"] for r in runs]}}, "limit": 200}).json()  # fmt: skip
+    assert len(logs) > 10, "no flow-run logs to check"
+    artifacts = api(stack, "POST", "/artifacts/filter", json={}).json()
+    mlruns, _ = mlflow_runs(stack, "e2e")
+    configs = [
+        httpx.get(f"{stack.mlflow_uri}/get-artifact", params={"path": "pipeline_config.json", "run_uuid": r["info"]["run_id"]},
+                  timeout=30).text
+        for r in mlruns if "mlflow.parentRunId" not in {t["key"] for t in r["data"].get("tags", [])}
+    ]  # fmt: skip
+    haystacks = {
+        "Prefect flow-run logs": json.dumps([entry["message"] for entry in logs]),
+        "Prefect artifacts": json.dumps(artifacts),
+        "MLflow params and tags": json.dumps([r["data"] for r in mlruns]),
+        "MLflow pipeline_config.json": json.dumps(configs),
+        "the served process output": served_log,
+    }
+    assert any('"stages"' in c for c in configs), configs[:1]
+    for where, text in haystacks.items():
+        for secret in secrets:
+            assert secret not in text, f"{secret!r} leaked into {where}"
+
+
 def test_ui_runs_mlflow_structure_then_ingestion_retrains(stack: Stack, served):
     procs = (*stack.processes, served["proc"])
     started = time.monotonic()
@@ -229,6 +260,7 @@ def test_ui_runs_mlflow_structure_then_ingestion_retrains(stack: Stack, served):
         assert final["state_type"] == "COMPLETED", f"{final['state']}\n{served['proc'].log_tail(8000)}"
         assert final["parameters"]["config"]["name"] == "e2e-from-ui"
     _check_two_concurrent_runs(stack, runs, served["output"])
+    _assert_no_secret_leaked(stack, runs, served["proc"].log_tail(10**9))
 
     # --- new preference data: the watcher ingests it, the event fires, the trigger starts a retraining ----
     since = datetime.now(timezone.utc).isoformat()
