@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from deployment_templates import render
 from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron
@@ -81,8 +82,6 @@ def test_trigger_is_a_valid_deployment_trigger_rendering_to_a_valid_config(deplo
     fields = arrival_event_fields(write_dataset_version(kept, report, tmp_path))
     event = ReceivedEvent(**fields, occurred=datetime.datetime.now(datetime.timezone.utc))
     assert trigger.match.matches(event.resource)
-
-    from test_triggers import render  # Prefect's server-side rendering, as in test_triggers
 
     config = PipelineConfig.model_validate(render(trigger.parameters, event)["config"])
     assert config.data.preference.path == fields["payload"]["uri"]

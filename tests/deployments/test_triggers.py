@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import uuid
 from pathlib import Path
 
 import pytest
+from deployment_templates import render
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
-from prefect.server.events.actions import RunDeployment
 from prefect.server.events.schemas.events import ReceivedEvent
-from prefect.utilities.schema_tools.hydration import HydrationContext, InvalidJinja, hydrate
+from prefect.utilities.schema_tools.hydration import InvalidJinja
 
 from deployments.triggers import retrain_config, retrain_trigger
 from tasks.config import PipelineConfig, load_config
@@ -33,15 +32,6 @@ def arrival_event(tmp_path: Path) -> ReceivedEvent:
         id=fields["id"],
         occurred=datetime.datetime.now(datetime.timezone.utc),
     )
-
-
-def render(parameters: dict, event: ReceivedEvent) -> dict:
-    """What the Prefect server's RunDeployment action does with a trigger's parameters (actions.py)."""
-    RunDeployment(source="selected", deployment_id=uuid.uuid4(), parameters=parameters)  # the server's checks
-    upgraded = copy.deepcopy(parameters)
-    RunDeployment._upgrade_v1_templates(upgraded)
-    context = HydrationContext(render_jinja=True, jinja_context={"event": event}, raise_on_error=True)
-    return hydrate(upgraded, context)
 
 
 def test_rendered_trigger_parameters_are_the_served_config_on_the_new_data(tmp_path):
