@@ -38,6 +38,7 @@ from rlhf_core.trainers.batch_tracking import (
 )
 from rlhf_core.trainers.model_setup import (
     apply_peft,
+    is_model_name,
     load_model,
     load_processing_class,
     resolve_processing_class_alias,
@@ -100,7 +101,7 @@ class TokenNormalisedTrainer(Trainer):
     ) -> None:
         processing_class = resolve_processing_class_alias(processing_class, tokenizer)
         if model is not None:
-            if isinstance(model, str) and processing_class is None:
+            if is_model_name(model) and processing_class is None:
                 processing_class = load_processing_class(model)
             model = load_model(model, model_init_kwargs=model_init_kwargs)
             gradient_checkpointing = bool(getattr(args, "gradient_checkpointing", False))

@@ -14,6 +14,9 @@ The mixin re-declares a few `TrainingArguments` fields with defaults that work w
   accelerate; pass ``use_cpu=True`` as well to force CPU bf16 autocast on purpose.
 - ``dataloader_pin_memory=None`` (auto): pinned memory only when CUDA is present (pinning on a CPU-only machine only
   produces a warning per data loader).
+- ``optim=None`` (auto): ``"adamw_torch_fused"`` on CUDA, ``"adamw_torch"`` (foreach) elsewhere. transformers
+  defaults to the fused kernel everywhere, but its CPU version is about 2x slower than foreach (measured on the
+  11M-parameter benchmark model, 2 threads: ~250 vs ~120 CPU-ms per step).
 - ``logging_steps=10``: short runs still log a few points (the transformers default, 500, often logs nothing).
 - ``report_to="none"``: nothing is sent anywhere unless asked; the pipeline sets ``["mlflow"]`` itself.
 """
@@ -49,6 +52,10 @@ class ConfigDefaultsMixin:
         default=False,
         metadata={"help": "fp16 mixed precision (CUDA only; falls back to fp32 with a warning elsewhere)."},
     )
+    optim: str | None = field(
+        default=None,
+        metadata={"help": "Optimizer name. None = 'adamw_torch_fused' on CUDA, 'adamw_torch' elsewhere."},
+    )
     logging_steps: float = field(
         default=10,
         metadata={"help": "Log every X optimizer steps (or a ratio of the total steps when < 1)."},
@@ -64,6 +71,9 @@ class ConfigDefaultsMixin:
 
     def __post_init__(self) -> None:
         self._resolve_precision()
+        if self.optim is None:
+            on_cuda = torch.cuda.is_available() and not getattr(self, "use_cpu", False)
+            self.optim = "adamw_torch_fused" if on_cuda else "adamw_torch"
         if self.dataloader_pin_memory is None:
             self.dataloader_pin_memory = torch.cuda.is_available()
         super().__post_init__()  # type: ignore[misc]  # TrainingArguments.__post_init__

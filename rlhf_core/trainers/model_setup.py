@@ -7,6 +7,7 @@ These helpers keep the TRL-style constructors (model as an object or a name/path
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +27,15 @@ def resolve_processing_class_alias(processing_class: Any = None, tokenizer: Any 
     return processing_class if processing_class is not None else tokenizer
 
 
+def is_model_name(model: Any) -> bool:
+    """True for a name or path (str or os.PathLike), False for a model object."""
+    return isinstance(model, (str, os.PathLike))
+
+
 def model_name_or_path(model: Any) -> str | None:
     """The name or path a model was given by or loaded from (None for a model built in memory)."""
-    if isinstance(model, str):
-        return model
+    if is_model_name(model):
+        return os.fspath(model)
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
     return name or None
@@ -42,7 +48,7 @@ def _torch_dtype(value: Any) -> Any:
 
 
 def load_model(
-    model: PreTrainedModel | torch.nn.Module | str,
+    model: PreTrainedModel | torch.nn.Module | str | os.PathLike[str],
     *,
     model_init_kwargs: dict[str, Any] | None = None,
     loader: Callable[..., PreTrainedModel] | None = None,
@@ -54,7 +60,7 @@ def load_model(
     (a string ``dtype``/``torch_dtype`` such as "float32" is converted to the torch dtype).
     """
     kwargs = dict(model_init_kwargs or {})
-    if not isinstance(model, str):
+    if not is_model_name(model):
         if kwargs:
             logger.warning(
                 "model_init_kwargs are ignored because the model was given as an object, not a name."

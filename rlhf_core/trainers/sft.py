@@ -30,6 +30,7 @@ from rlhf_core.trainers.model_setup import (
 )
 from rlhf_core.trainers.sft_config import SFTConfig
 from rlhf_core.trainers.sft_data import NUM_TOKENS_KEY, TokenCountingCollator, prepare_sft_dataset
+from rlhf_core.trainers.sft_padding_free import BatchCostModel, PaddingFreeCollator, reads_packed_position_ids
 from rlhf_core.trainers.sft_token_stats import (
     fusable_head,
     fused_token_stats,
@@ -56,6 +57,29 @@ def _as_sft_config(args: TrainingArguments | None, model: Any) -> SFTConfig:
         values = {k: v for k, v in values.items() if not k.startswith("_") and k != "push_to_hub_token"}
         return SFTConfig(**values)
     raise TypeError(f"args must be an SFTConfig (or TrainingArguments), got {type(args).__name__}")
+
+
+def _default_collator(tokenizer: Any, model: Any, args: SFTConfig) -> Any:
+    """`SFTCollator`, merging each micro-batch into one padding-free row when ``args.padding_free`` allows."""
+    from rlhf_core.data.collators import SFTCollator
+    from rlhf_core.data.tokenization import resolve_pad_token_id
+
+    collator = SFTCollator(resolve_pad_token_id(tokenizer))
+    if args.padding_free is False:
+        return collator
+    supported = reads_packed_position_ids(model)
+    if args.padding_free:
+        if not supported:
+            raise ValueError(
+                f"padding_free=True but {type(model).__name__} does not build its attention mask from packed "
+                "position ids (transformers' create_causal_mask): rows would attend to each other. Use "
+                "padding_free=False."
+            )
+        return PaddingFreeCollator(collator)
+    cost_model = BatchCostModel.from_config(getattr(model, "config", None))
+    if not supported or cost_model is None:
+        return collator
+    return PaddingFreeCollator(collator, cost_model)
 
 
 def _is_prepared(dataset: Any) -> bool:
@@ -119,10 +143,7 @@ class SFTTrainer(TokenNormalisedTrainer):
                 eval_dataset, processing_class, args, args.eval_packing, formatting_func, "eval"
             )
         if data_collator is None:
-            from rlhf_core.data.collators import SFTCollator
-            from rlhf_core.data.tokenization import resolve_pad_token_id
-
-            data_collator = SFTCollator(resolve_pad_token_id(processing_class))
+            data_collator = _default_collator(processing_class, model, args)
         super().__init__(
             model=model,
             args=args,

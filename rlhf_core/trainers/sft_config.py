@@ -28,7 +28,9 @@ class SFTConfig(ConfigDefaultsMixin, TrainingArguments):
       ``dataset_kwargs={"skip_prepare_dataset": True}`` for data that is already tokenised.
     - packing: ``packing`` (False), ``packing_strategy`` ("bfd", best-fit decreasing: whole documents, never split),
       ``eval_packing`` (None = same as ``packing``). Position ids restart per document and no document attends
-      to another.
+      to another. ``padding_free`` (None = auto): the rows of a micro-batch are concatenated into one row instead
+      of being padded whenever that computes less (see `rlhf_core.trainers.sft_padding_free`); losses are
+      unchanged.
     - loss: ``use_fused_loss`` (True: log-probs straight from the last hidden state and the LM-head weight through
       `rlhf_core.kernels.fused_linear_logprobs`, never building [tokens, vocab] logits; False: plain logits),
       ``fused_chunk_size`` (None = the kernel's default), ``token_accuracy_every_step`` (False: the mean token
@@ -75,6 +77,14 @@ class SFTConfig(ConfigDefaultsMixin, TrainingArguments):
     packing_strategy: str = field(default="bfd", metadata={"help": "Packing strategy: 'bfd'."})
     eval_packing: bool | None = field(
         default=None, metadata={"help": "Pack the eval set (None = same as packing)."}
+    )
+    padding_free: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Concatenate a micro-batch's rows into one row (position ids restart per row, no attention "
+            "across rows) instead of padding them. None = whenever it computes less and the model reads packed "
+            "position ids; True = always; False = never."
+        },
     )
     use_fused_loss: bool = field(
         default=True,

@@ -124,6 +124,8 @@ def test_config_defaults_work_on_this_machine():
     assert args.logging_steps == 10
     assert args.report_to in ("none", [], ["none"])  # transformers normalises "none" to an empty list
     assert args.dataloader_pin_memory is torch.cuda.is_available()
+    assert args.optim == ("adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch")
+    assert _Config(output_dir="out", optim="sgd").optim == "sgd"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallback")

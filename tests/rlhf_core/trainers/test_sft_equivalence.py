@@ -160,3 +160,35 @@ def test_batch8_accum1_equals_batch1_accum8(tokenizer, conversations):
     assert len(loss_8x1) == 2 and loss_8x1 == pytest.approx(loss_1x8, abs=1e-5)
     for (name, p), q in zip(model_8x1.named_parameters(), model_1x8.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_padding_free_batches_give_the_same_loss_and_gradients(tokenizer, conversations):
+    free = SFTTrainer(load_causal_lm("rlhf-tiny"), args=_config(padding_free=True), train_dataset=conversations,
+                      tokenizer=tokenizer)  # fmt: skip
+    features = [free.train_dataset[i] for i in range(8)]
+    merged = free.data_collator.collator(features)  # TokenCountingCollator -> PaddingFreeCollator
+    padded = SFTCollator(tokenizer.pad_token_id)(features)
+    assert merged["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in features))
+    assert padded["input_ids"].shape[0] == 8
+    free_loss, free_grads = _loss_and_grads(free, merged, measure_stats=True)
+    padded_loss, padded_grads = _loss_and_grads(free, padded, measure_stats=True)
+    torch.testing.assert_close(free_loss, padded_loss, atol=1e-5, rtol=1e-5)
+    for name, grad in free_grads.items():
+        torch.testing.assert_close(grad, padded_grads[name], atol=1e-5, rtol=5e-4, msg=name)
+
+
+def test_padding_free_auto_merges_only_when_it_computes_less():
+    from transformers import LlamaConfig
+
+    from rlhf_core.trainers.sft_padding_free import BatchCostModel
+
+    cost = BatchCostModel(dense_per_token=10.0, attention_per_pair=1.0)
+    # [10, 2]: padded 2 * (10 * 10 + 10^2) = 400, merged 12 * 10 + 12^2 = 264.
+    assert (cost.padded_cost([10, 2]), cost.merged_cost([10, 2])) == (400.0, 264.0)
+    assert cost.should_merge([10, 2])
+    # [10, 10]: padded 400, merged 20 * 10 + 20^2 = 600: full rows stay apart.
+    assert cost.merged_cost([10, 10]) == 600.0 and not cost.should_merge([10, 10])
+    llama = LlamaConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=688)
+    shape = BatchCostModel.from_config(llama)
+    assert shape.dense_per_token == 2 * 4 * (4 * 256**2 + 3 * 256 * 688)
+    assert shape.attention_per_pair == 4 * 256 * 4

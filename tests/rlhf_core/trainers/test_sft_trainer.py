@@ -82,7 +82,9 @@ def test_prompt_completion_trains_on_the_completion_only(tokenizer):
     data = Dataset.from_dict(
         {"prompt": ["Name one fruit.", "Name two tools."], "completion": [" Mango.", " Saw, drill."]}
     )
-    trainer = SFTTrainer("rlhf-tiny", args=_config(per_device_train_batch_size=2), train_dataset=data)
+    trainer = SFTTrainer(
+        "rlhf-tiny", args=_config(per_device_train_batch_size=2, padding_free=False), train_dataset=data
+    )
     row = trainer.train_dataset[0]
     prompt_ids = [t for t, m in zip(row["input_ids"], row["completion_mask"]) if not m]
     assert tokenizer.decode(prompt_ids, skip_special_tokens=True) == "Name one fruit."
@@ -97,7 +99,7 @@ def test_prompt_completion_trains_on_the_completion_only(tokenizer):
 
 def test_conversational_trains_on_assistant_turns_only(tokenizer):
     data = SyntheticTask(0).sft_dataset(4)
-    trainer = SFTTrainer("rlhf-tiny", args=_config(), train_dataset=data)
+    trainer = SFTTrainer("rlhf-tiny", args=_config(padding_free=False), train_dataset=data)
     batch, rows = _first_batch(trainer)
     text = tokenizer.decode(batch["input_ids"][0][batch["labels"][0] != -100].tolist())
     user, assistant = data[rows[0]]["messages"]
