@@ -1,8 +1,10 @@
 """PPO update time and peak memory: rlhf_core's PPOTrainer vs TRL 1.12's experimental PPOTrainer.
 
-Workload (issue 4): one ~11M-parameter Llama (vocabulary 30,522) used as policy, reference, reward model and
-value model; 8 prompts per update, exactly 32 response tokens (no stop token, so both sample the same
-length), one PPO epoch, one mini-batch, fp32, CPU, one process per trainer, the same thread count.
+Workload (issue 4): the ~11M-parameter Llama of ``benchmarks/models.py`` (vocabulary 30,522) used as policy,
+reference, reward model and value model; 8 HH-RLHF prompts per update (``--prompts hh``, cut to their last
+``--max-prompt-length`` tokens; ``--prompts synthetic`` for the short chat prompts of the bundled task), exactly
+32 response tokens (no stop token, so both sample the same length), one PPO epoch, one mini-batch, fp32, CPU,
+one process per trainer, the same thread count.
 
 Each trainer runs in a FRESH subprocess (TRL from ``--trl-path``, put on ``sys.path`` in that subprocess only:
 ``pip install --no-deps --target /tmp/trl112 trl==1.12.0``). A callback stamps wall and process CPU time at the
@@ -29,37 +31,40 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 MIB = 2**20
 TIME_TARGET = 0.4
 
-# ~11M parameters: 2 x 30522 x 160 (untied embeddings and head) + 4 blocks of 160-wide attention and MLP.
-MODEL_SHAPE = dict(vocab_size=30522, hidden_size=160, intermediate_size=640, num_hidden_layers=4,
-                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)  # fmt: skip
 
-
-def build_model_folder(folder: Path) -> None:
-    """Save the benchmark Llama (fixed seed) and the tiny model's tokenizer into ``folder``."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from rlhf_core.models.tiny import tiny_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path())
-    config = LlamaConfig(**MODEL_SHAPE, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-def _prompts(tokenizer, n: int):
+def _prompts(tokenizer, n: int, source: str, max_prompt_length: int):
     from datasets import Dataset
 
-    from rlhf_core.data.synthetic import SyntheticTask
+    from rlhf_core.data.tokenization import tokenize_prompts
 
-    rows = SyntheticTask(0).prompt_dataset(n, "train")["prompt"]
-    ids = [tokenizer.apply_chat_template(r, add_generation_prompt=True)["input_ids"] for r in rows]
+    if source == "hh":
+        from hh_data import hh_prompts
+
+        rows = hh_prompts(n)
+    else:
+        from rlhf_core.data.synthetic import SyntheticTask
+
+        rows = SyntheticTask(0).prompt_dataset(n, "train")
+    ids = tokenize_prompts(rows, tokenizer, max_prompt_length=max_prompt_length)["input_ids"]
     return Dataset.from_dict({"input_ids": ids})
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS.
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+MEMORY: dict[str, int] = {}
 
 
 def _stamp_callback(stamps: list[tuple[float, float]]):
@@ -67,6 +72,11 @@ def _stamp_callback(stamps: list[tuple[float, float]]):
 
     class Stamp(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
+            try:
+                MEMORY["start_kib"] = _status_kib("VmRSS")
+                _reset_peak_rss()
+            except (OSError, StopIteration):
+                pass
             stamps.append((time.perf_counter(), time.process_time()))
 
         def on_step_end(self, args, state, control, **kw):
@@ -101,7 +111,7 @@ def _run_ours(args, folder: str, stamps) -> None:
         ref_model=AutoModelForCausalLM.from_pretrained(folder),
         reward_model=AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1),
         value_model=value,
-        train_dataset=_prompts(tok, 8 * args.updates),
+        train_dataset=_prompts(tok, 8 * args.updates, args.prompts, args.max_prompt_length),
         processing_class=tok,
         callbacks=[_stamp_callback(stamps)],
     )
@@ -116,7 +126,7 @@ def _run_trl(args, folder: str, stamps) -> None:
 
     tok = AutoTokenizer.from_pretrained(folder, padding_side="left")
     config = PPOConfig(**_common(args), num_sample_generations=0, stop_token=None)
-    dataset = _prompts(tok, 8 * args.updates)
+    dataset = _prompts(tok, 8 * args.updates, args.prompts, args.max_prompt_length)
     trainer = PPOTrainer(
         args=config,
         processing_class=tok,
@@ -141,13 +151,18 @@ def worker(args) -> None:
     walls = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])][args.warmup :]
     cpus = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])][args.warmup :]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print("RESULT " + json.dumps({"wall": walls, "cpu": cpus, "peak_rss": peak}), flush=True)
+    try:  # the growth of the peak RSS during train() above the RSS when it started (models, data loaded)
+        train_extra = (_status_kib("VmHWM") - MEMORY["start_kib"]) * 1024
+    except (OSError, StopIteration, KeyError):
+        train_extra = None
+    result = {"wall": walls, "cpu": cpus, "peak_rss": peak, "train_extra": train_extra}
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 def _spawn(args, variant: str, folder: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--variant", variant, "--folder", folder,
            "--updates", str(args.updates), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--trl-path", args.trl_path]  # fmt: skip
+           "--trl-path", args.trl_path, "--prompts", args.prompts, "--max-prompt-length", str(args.max_prompt_length)]  # fmt: skip
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
@@ -171,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternate fresh ours/TRL processes R times")
     parser.add_argument("--trl-path", default="/tmp/trl112")
     parser.add_argument("--also-value-head", action="store_true")
+    parser.add_argument("--prompts", choices=("hh", "synthetic"), default="hh")
+    parser.add_argument("--max-prompt-length", type=int, default=128)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -182,13 +199,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(
             f"TRL 1.12 not found under {args.trl_path}: pip install --no-deps --target {args.trl_path} trl==1.12.0"
         )
+    from models import bench_model_path
+
     variants = ["ours", "trl"] + (["ours-value-head"] if args.also_value_head else [])
-    with tempfile.TemporaryDirectory(prefix="bench-ppo-model-") as folder:
-        build_model_folder(Path(folder))
-        results: dict[str, list[dict]] = {v: [] for v in variants}
-        for _ in range(args.rounds):
-            for variant in variants:
-                results[variant].append(_spawn(args, variant, folder))
+    folder = str(bench_model_path())
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            results[variant].append(_spawn(args, variant, folder))
     _report(args, results)
 
 
@@ -198,21 +216,25 @@ def _report(args, results: dict[str, list[dict]]) -> None:
             "wall": statistics.median(w for r in runs for w in r["wall"]),
             "cpu": statistics.median(c for r in runs for c in r["cpu"]),
             "rss": statistics.median(r["peak_rss"] for r in runs) / MIB,
+            "extra": statistics.median(r["train_extra"] or 0 for r in runs) / MIB,
         }
 
     table = {name: summary(runs) for name, runs in results.items()}
     trl = table["trl"]
-    print(f"PPO update: 8 prompts x 32 tokens, 1 epoch, fp32, CPU, {args.threads} thread(s), "
-          f"{args.updates} updates ({args.warmup} warm-up dropped) x {args.rounds} round(s)")  # fmt: skip
-    print(
-        f"{'trainer':<18}{'s/update (wall)':>17}{'s/update (CPU)':>16}{'peak RSS MiB':>14}{'wall ratio':>12}{'RSS ratio':>11}"
-    )
+    print(f"PPO update: 8 {args.prompts} prompts (<= {args.max_prompt_length} tokens) x 32 tokens, 1 epoch, fp32, "
+          f"CPU, {args.threads} thread(s), {args.updates} updates ({args.warmup} warm-up dropped) x {args.rounds} "
+          f"round(s)")  # fmt: skip
+    header = (f"{'trainer':<17}{'s/upd wall':>11}{'s/upd CPU':>10}{'wall ratio':>11}{'CPU ratio':>10}"
+              f"{'peak RSS MiB':>13}{'RSS ratio':>10}{'train() extra MiB':>18}")  # fmt: skip
+    print(header)
     for name, row in table.items():
-        print(f"{name:<18}{row['wall']:>17.3f}{row['cpu']:>16.3f}{row['rss']:>14.0f}"
-              f"{row['wall'] / trl['wall']:>12.2f}{row['rss'] / trl['rss']:>11.2f}")  # fmt: skip
+        print(f"{name:<17}{row['wall']:>11.3f}{row['cpu']:>10.3f}{row['wall'] / trl['wall']:>11.2f}"
+              f"{row['cpu'] / trl['cpu']:>10.2f}{row['rss']:>13.0f}{row['rss'] / trl['rss']:>10.2f}"
+              f"{row['extra']:>18.0f}")  # fmt: skip
     ours = table["ours"]
-    print(f"target: s/update ratio <= {TIME_TARGET} (wall {ours['wall'] / trl['wall']:.2f}, "
-          f"CPU {ours['cpu'] / trl['cpu']:.2f}); peak RSS lower ({ours['rss'] / trl['rss']:.2f}x)")  # fmt: skip
+    print(f"target: s/update ratio <= {TIME_TARGET} (ours with a separate critic as TRL: wall "
+          f"{ours['wall'] / trl['wall']:.2f}, CPU {ours['cpu'] / trl['cpu']:.2f}); peak RSS lower "
+          f"({ours['rss'] / trl['rss']:.2f}x). 'ours-value-head' = value_model=None (value head on the policy).")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ logger = logging.getLogger(__name__)
 VALUE_HEAD_FILE = "value_head.safetensors"
 _LEGACY_PREFIX = "v_head."
 
-__all__ = ["AutoModelForCausalLMWithValueHead", "ValueHead", "backbone", "hidden_size_of", "save_value_head"]
+__all__ = [
+    "AutoModelForCausalLMWithValueHead",
+    "ValueHead",
+    "backbone",
+    "hidden_size_of",
+    "lm_head_of",
+    "save_value_head",
+]
 
 
 def backbone(model: nn.Module) -> nn.Module:
@@ -43,6 +50,16 @@ def backbone(model: nn.Module) -> nn.Module:
             f"`base_model_prefix` ({prefix!r}) names a sub-module"
         )
     return body
+
+
+def lm_head_of(model: nn.Module) -> nn.Module:
+    """The vocabulary projection (``get_output_embeddings``) of a causal LM, PEFT and value-head wrappers included."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or not hasattr(head, "weight"):
+        raise TypeError(
+            f"{type(model).__name__} has no output embeddings (lm head) to compute log-probs from"
+        )
+    return head
 
 
 def hidden_size_of(config: Any) -> int:
@@ -185,7 +202,9 @@ class AutoModelForCausalLMWithValueHead(nn.Module):
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.pretrained_model, "is_gradient_checkpointing", False))
+        model = self.pretrained_model
+        flag = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5 name
+        return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
 
 
 def save_value_head(head: ValueHead, directory: str | os.PathLike[str]) -> None:

@@ -16,6 +16,7 @@ from functools import cache
 import torch
 from torch import nn
 
+from rlhf_core.models.value_head import backbone, lm_head_of
 from rlhf_core.rollout.sampling import SamplingParams, sample_next_token
 
 __all__ = ["GenerationOutput", "generate", "position_ids_from_mask", "truncate_after_stop"]
@@ -37,6 +38,7 @@ class GenerationOutput:
     response_mask: torch.Tensor
     finished: torch.Tensor
     logprobs: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None
 
     @property
     def sequences(self) -> torch.Tensor:
@@ -74,16 +76,9 @@ def truncate_after_stop(
 
 
 @cache
-def _forward_kwargs(model_cls: type) -> tuple[str, bool]:
-    params = inspect.signature(model_cls.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    return cache_kw, "logits_to_keep" in params
-
-
-def _step(model: nn.Module, cache_kw: str, past, **inputs) -> tuple[torch.Tensor, object]:
-    out = model(**inputs, use_cache=True, **({cache_kw: past} if past is not None else {}))
-    past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return out.logits[:, -1, :], past
+def _cache_kwarg(model_cls: type) -> str:
+    # transformers 5 renamed past_key_values to cache (the old name still works, with a warning).
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -99,6 +94,7 @@ def generate(
     min_new_tokens: int = 0,
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
+    return_hidden_states: bool = False,
 ) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` tokens per row of left-padded ``input_ids`` [B, P].
 
@@ -106,32 +102,31 @@ def generate(
     every row has stopped. ``min_new_tokens`` forbids stop tokens before that many tokens. ``model`` is a causal
     LM (a value-head model is looked through). ``return_logprobs`` also returns each sampled token's log-prob
     under softmax(logits / temperature), unfiltered by top-k/top-p: the distribution PPO's training pass scores,
-    read off the logits the sampler computed anyway instead of a second forward pass.
+    read off the logits the sampler computed anyway instead of a second forward pass. ``return_hidden_states``
+    returns the last hidden state each response token was sampled from, [B, R, H] (what a value head reads).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    decoder = _Decoder(getattr(model, "pretrained_model", model), attention_mask.long(), max_new_tokens)
+    decoder = _Decoder(model, attention_mask.long(), max_new_tokens)
     stop_ids = torch.as_tensor(list(stop_token_ids or []), dtype=torch.long, device=input_ids.device)
     sampling = sampling or SamplingParams()
     logits = decoder.prefill(input_ids)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    tokens: list[torch.Tensor] = []
-    logprobs: list[torch.Tensor] = []
+    tokens, logprobs, hidden = [], [], []
     for step in range(max_new_tokens):
         scaled = torch.log_softmax(logits.float() / sampling.temperature, dim=-1) if return_logprobs else None
         if step < min_new_tokens and stop_ids.numel():
             logits = logits.index_fill(-1, stop_ids, -float("inf"))
-            reusable = None
-        else:
-            reusable = scaled
-        token = sample_next_token(logits, sampling, generator, logprobs=reusable).masked_fill(
-            finished, pad_token_id
-        )
+        reusable = scaled if step >= min_new_tokens else None
+        token = sample_next_token(logits, sampling, generator, logprobs=reusable)
+        token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         if scaled is not None:
             logprobs.append(scaled.gather(-1, token[:, None]).squeeze(-1))
+        if return_hidden_states:
+            hidden.append(decoder.hidden)
         if stop_ids.numel():
             finished |= torch.isin(token, stop_ids)
         if step + 1 == max_new_tokens or bool(finished.all()):
@@ -139,38 +134,44 @@ def generate(
         logits = decoder.next(token, step)
     response, response_mask = truncate_after_stop(torch.stack(tokens, dim=1), stop_ids.tolist(), pad_token_id)
     token_logprobs = torch.stack(logprobs, dim=1) * response_mask if return_logprobs else None
+    states = torch.stack(hidden, dim=1) if return_hidden_states else None
     return GenerationOutput(
-        input_ids, attention_mask.long(), response, response_mask, finished, token_logprobs
+        input_ids, attention_mask.long(), response, response_mask, finished, token_logprobs, states
     )
 
 
 class _Decoder:
-    """One prefill keeping only the last position's logits, then one cached forward per token."""
+    """The transformer body with a KV cache, and the vocabulary projection of its last position only.
+
+    Calling the body and the LM head separately (rather than the model) projects one position per row in the
+    prefill and exposes the hidden state each token is sampled from.
+    """
 
     def __init__(self, lm: nn.Module, attention_mask: torch.Tensor, max_new_tokens: int) -> None:
-        self.lm, self.prompt_len = lm, attention_mask.shape[1]
-        self.cache_kw, self.has_logits_to_keep = _forward_kwargs(type(lm))
+        self.body, self.head = backbone(lm), lm_head_of(lm)
+        self.cache_kw = _cache_kwarg(type(self.body))
+        self.prompt_len = attention_mask.shape[1]
         new = attention_mask.new_ones(attention_mask.shape[0], max_new_tokens)
         self.full_mask = torch.cat([attention_mask, new], dim=1)
         self.positions = position_ids_from_mask(attention_mask)
         self.past = None
+        self.hidden = torch.empty(0)
+
+    def _forward(self, **inputs) -> torch.Tensor:
+        past = {self.cache_kw: self.past} if self.past is not None else {}
+        out = self.body(**inputs, use_cache=True, **past)
+        self.past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        self.hidden = out.last_hidden_state[:, -1]
+        return self.head(self.hidden)
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        extra = {"logits_to_keep": 1} if self.has_logits_to_keep else {}
         mask = self.full_mask[:, : self.prompt_len]
-        logits, self.past = _step(self.lm, self.cache_kw, None, input_ids=input_ids, attention_mask=mask,
-                                  position_ids=self.positions, **extra)  # fmt: skip
+        logits = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=self.positions)
         self.next_position = self.positions[:, -1:] + 1
         return logits
 
     def next(self, token: torch.Tensor, step: int) -> torch.Tensor:
-        logits, self.past = _step(
-            self.lm,
-            self.cache_kw,
-            self.past,
-            input_ids=token[:, None],
-            attention_mask=self.full_mask[:, : self.prompt_len + step + 1],
-            position_ids=self.next_position,
-        )
+        mask = self.full_mask[:, : self.prompt_len + step + 1]
+        logits = self._forward(input_ids=token[:, None], attention_mask=mask, position_ids=self.next_position)
         self.next_position = self.next_position + 1
         return logits

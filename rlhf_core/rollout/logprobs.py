@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rlhf_core.kernels import fused_linear_logprobs
-from rlhf_core.models.value_head import backbone
+from rlhf_core.models.value_head import backbone, lm_head_of
 from rlhf_core.rollout.generation import position_ids_from_mask
 
 __all__ = ["ResponseBatch", "lm_head_of", "response_hidden_states", "response_logprobs", "token_logprobs"]
@@ -55,16 +55,6 @@ class ResponseBatch:
             self.response_mask[:, :longest],
         )
         return batch, width
-
-
-def lm_head_of(model: nn.Module) -> nn.Module:
-    """The vocabulary projection (``get_output_embeddings``) of a causal LM, PEFT and value-head wrappers included."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None or not hasattr(head, "weight"):
-        raise TypeError(
-            f"{type(model).__name__} has no output embeddings (lm head) to compute log-probs from"
-        )
-    return head
 
 
 def response_hidden_states(body: nn.Module, batch: ResponseBatch) -> torch.Tensor:

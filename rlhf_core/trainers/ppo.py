@@ -58,7 +58,7 @@ from rlhf_core.trainers.ppo_logging import EpisodeProgressCallback, MetricsWindo
 from rlhf_core.trainers.ppo_models import PolicyAndValue, disable_dropout
 from rlhf_core.trainers.ppo_optimisation import run_ppo_epochs
 from rlhf_core.trainers.ppo_resume import PPOCheckpointMixin, prompt_batches
-from rlhf_core.trainers.ppo_rollout import RolloutEngine
+from rlhf_core.trainers.ppo_rollout import RolloutEngine, Sampled
 
 logger = logging.getLogger(__name__)
 
@@ -263,29 +263,25 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
         device = self.accelerator.device
         prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         started = time.time()
-        responses, logprobs = self.rollout.sample(prompt_ids, prompt_mask)
-        scores = self.rollout.score(responses, batch.get("prompt"))
-        seconds = time.time() - started
-        metrics = self._optimise_batch(
-            responses, scores, classic=False, rollout_seconds=seconds, logprobs=logprobs
-        )
+        sampled = self.rollout.sample(prompt_ids, prompt_mask)
+        scores = self.rollout.score(sampled.batch, batch.get("prompt"))
+        metrics = self._optimise_batch(sampled, scores, classic=False, rollout_seconds=time.time() - started)
         self.state.epoch = self.state.episode / len(self.train_dataset)
         return metrics
 
     def _optimise_batch(
         self,
-        batch: ResponseBatch,
+        batch: Sampled | ResponseBatch,
         scores: torch.Tensor,
         *,
         classic: bool,
         rollout_seconds: float = 0.0,
-        logprobs: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """Experience from a scored batch, the PPO epochs on it, KL-controller update, metrics."""
         self._prepare(None if classic else 1)
         started = time.time()
         kl_coef, lr = self.kl_ctl.value, self._current_lr()
-        exp = self.rollout.experience(batch, scores, kl_coef, logprobs)
+        exp = self.rollout.experience(batch, scores, kl_coef)
         metrics = rollout_metrics(exp, kl_coef=kl_coef, stop_ids=self.rollout.stop_ids)
         rollout_seconds += time.time() - started
         started = time.time()

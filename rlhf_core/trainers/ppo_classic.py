@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from rlhf_core.rollout.generation import generate as sample_responses
 from rlhf_core.rollout.generation import truncate_after_stop
@@ -277,7 +276,3 @@ def _score_tensor(scores: Sequence[Any]) -> torch.Tensor:
             raise ValueError(f"scores[{i}] is not finite ({value})")
         values.append(value)
     return torch.tensor(values, dtype=torch.float32)
-
-
-def _unwrap_policy(model: nn.Module) -> nn.Module:
-    return getattr(model, "policy", model)

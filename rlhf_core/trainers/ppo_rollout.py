@@ -24,7 +24,16 @@ from rlhf_core.trainers.ppo_buffer import Experience, build_experience
 from rlhf_core.trainers.ppo_config import PPOConfig
 from rlhf_core.trainers.ppo_models import PolicyAndValue
 
-__all__ = ["RolloutEngine", "stop_token_ids"]
+__all__ = ["RolloutEngine", "Sampled", "stop_token_ids"]
+
+
+@dataclass
+class Sampled:
+    """A sampled batch, with the old log-probs and values [B, R] when sampling could provide them."""
+
+    batch: ResponseBatch
+    logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
 
 def stop_token_ids(config: PPOConfig, tokenizer: Any) -> list[int]:
@@ -61,38 +70,42 @@ class RolloutEngine:
         return SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
 
     @torch.no_grad()
-    def sample(
-        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
-    ) -> tuple[ResponseBatch, torch.Tensor | None]:
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Sampled:
         """Responses to left-padded prompts, in chunks; [B, R] with R the longest response of the batch.
 
-        Also returns the sampled tokens' log-probs [B, R] read off the sampling logits, unless
-        ``recompute_rollout_logprobs`` asks for a separate forward pass (then None).
+        Unless ``recompute_rollout_logprobs``, the sampled tokens' log-probs are read off the sampling logits
+        and, with a value head on the policy, the values off the hidden states the tokens were sampled from:
+        the rollout then needs no policy pass of its own.
         """
-        policy = self.model().policy
+        model = self.model()
         chunk = self.config.local_rollout_forward_batch_size
-        keep_logprobs = not self.config.recompute_rollout_logprobs
-        responses, masks, logprobs = [], [], []
-        with _eval_mode(policy):
+        keep = not self.config.recompute_rollout_logprobs
+        with_values = keep and model.v_head is not None
+        parts: list[tuple[torch.Tensor, ...]] = []
+        with _eval_mode(model):
             for start in range(0, prompt_ids.shape[0], chunk):
                 out = generate(
-                    policy,
+                    model.policy,
                     prompt_ids[start : start + chunk],
                     prompt_mask[start : start + chunk],
                     max_new_tokens=self.config.response_length,
                     pad_token_id=self.pad_id,
                     stop_token_ids=self.stop_ids,
                     sampling=self.sampling,
-                    return_logprobs=keep_logprobs,
+                    return_logprobs=keep,
+                    return_hidden_states=with_values,
                 )
-                responses.append(out.response_ids)
-                masks.append(out.response_mask)
-                logprobs.append(out.logprobs)
-        width = max(r.shape[1] for r in responses)
-        response_ids = torch.cat([pad_columns(r, width, self.pad_id) for r in responses])
-        response_mask = torch.cat([pad_columns(m, width, 0) for m in masks])
-        batch = ResponseBatch(prompt_ids, prompt_mask.long(), response_ids.long(), response_mask.long())
-        return batch, torch.cat([pad_columns(lp, width) for lp in logprobs]) if keep_logprobs else None
+                values = model.v_head(out.hidden_states).float() * out.response_mask if with_values else None
+                parts.append((out.response_ids, out.response_mask, out.logprobs, values))
+        width = max(p[0].shape[1] for p in parts)
+
+        def column(i: int, fill: float = 0) -> torch.Tensor | None:
+            if parts[0][i] is None:
+                return None
+            return torch.cat([pad_columns(p[i], width, fill) for p in parts])
+
+        batch = ResponseBatch(prompt_ids, prompt_mask.long(), column(0, self.pad_id).long(), column(1).long())
+        return Sampled(batch, column(2), column(3))
 
     def decode_responses(self, batch: ResponseBatch) -> list[str]:
         ids = batch.response_ids.masked_fill(batch.response_mask == 0, self.pad_id)
@@ -130,20 +143,21 @@ class RolloutEngine:
         return scores - self.config.missing_eos_penalty * (~has_stop).to(scores.dtype)
 
     @torch.no_grad()
-    def evaluate(
-        self, batch: ResponseBatch, logprobs: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(self, sampled: Sampled) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(policy log-probs, reference log-probs, values), each [B, R], before any update.
 
-        With ``logprobs`` already known (read off the sampling logits), the policy pass computes the values only.
+        What sampling already produced is reused: known log-probs leave only the values to compute (nothing at
+        all when those are known too); the reference pass always runs.
         """
-        model = self.model()
+        batch, model = sampled.batch, self.model()
         size, temperature = self.config.local_rollout_forward_batch_size, self.config.temperature
         logps, values = [], []
         with _eval_mode(model):
             for start in range(0, len(batch), size):
+                if sampled.logprobs is not None and sampled.values is not None:
+                    break
                 part, width = batch.select(slice(start, start + size)).trimmed()
-                if logprobs is not None:
+                if sampled.logprobs is not None:
                     values.append(pad_columns(model.values(part).float(), width))
                     continue
                 out = model(
@@ -157,8 +171,9 @@ class RolloutEngine:
                 values.append(pad_columns(out.values.float(), width))
             with self._reference() as ref:
                 ref_logps = response_logprobs(ref, batch, temperature=temperature, micro_batch_size=size)
-        policy_logps = logprobs if logprobs is not None else torch.cat(logps)
-        return policy_logps, ref_logps, torch.cat(values)
+        policy_logps = sampled.logprobs if sampled.logprobs is not None else torch.cat(logps)
+        policy_values = sampled.values if sampled.values is not None else torch.cat(values)
+        return policy_logps, ref_logps, policy_values
 
     @contextlib.contextmanager
     def _reference(self):
@@ -171,12 +186,15 @@ class RolloutEngine:
             yield policy
 
     def experience(
-        self, batch: ResponseBatch, scores: torch.Tensor, kl_coef: float, logprobs: torch.Tensor | None = None
+        self, sampled: Sampled | ResponseBatch, scores: torch.Tensor, kl_coef: float
     ) -> Experience:
-        logps, ref_logps, values = self.evaluate(batch, logprobs)
+        """Experience of a scored batch (a ``ResponseBatch`` from ``step()`` is scored from scratch)."""
+        if isinstance(sampled, ResponseBatch):
+            sampled = Sampled(sampled)
+        logps, ref_logps, values = self.evaluate(sampled)
         cfg = self.config
         return build_experience(
-            batch,
+            sampled.batch,
             logprobs=logps,
             ref_logprobs=ref_logps,
             values=values,

@@ -181,3 +181,39 @@ def test_mlflow_callback_records_the_metrics(tmp_path, monkeypatch):
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "objective/kl")
     assert [m.step for m in history] == [1, 2]
     assert set(ISSUE_METRICS) <= set(runs[0].data.metrics)
+
+
+def test_lora_policy_uses_its_base_model_as_reference():
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    trainer = make_trainer(config(max_steps=2), peft_config=lora)
+    policy = trainer.accelerator.unwrap_model(trainer.model).policy
+    assert (
+        isinstance(policy, peft.PeftModel) and trainer.rollout.ref_model is None
+    )  # no second copy in memory
+    base = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" not in n}
+    lora_before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_B" in n}
+    trainer.train()
+    for name, param in policy.named_parameters():
+        if name in base:
+            assert torch.equal(param, base[name]), name  # the frozen base (the reference) did not move
+    assert any(not torch.equal(p, lora_before[n]) for n, p in policy.named_parameters() if n in lora_before)
+
+
+def test_rollout_reuses_sampling_logprobs_and_values_and_they_match_a_fresh_pass():
+    trainer = make_trainer(config())
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with torch.no_grad():
+        model.v_head.summary.weight.normal_()  # a non-trivial value head
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    sampled = trainer.rollout.sample(batch["input_ids"], batch["attention_mask"])
+    assert sampled.logprobs is not None and sampled.values is not None  # no policy pass needed in the rollout
+    b = sampled.batch
+    with torch.no_grad():
+        fresh = model(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, temperature=1.0)
+    torch.testing.assert_close(sampled.logprobs, fresh.logprobs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sampled.values, fresh.values * b.response_mask, atol=1e-4, rtol=1e-4)
+    # opting out recomputes both in a separate pass
+    trainer.args.recompute_rollout_logprobs = True
+    again = trainer.rollout.sample(batch["input_ids"], batch["attention_mask"])
+    assert again.logprobs is None and again.values is None
