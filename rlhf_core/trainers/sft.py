@@ -11,6 +11,7 @@ entropy.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -53,8 +54,8 @@ def _as_sft_config(args: TrainingArguments | None, model: Any) -> SFTConfig:
         return args
     if isinstance(args, TrainingArguments):
         # A plain TrainingArguments: keep every value it holds, add the SFT defaults.
-        values = {k: v for k, v in args.to_dict().items() if k in SFTConfig.__dataclass_fields__}
-        values = {k: v for k, v in values.items() if not k.startswith("_") and k != "push_to_hub_token"}
+        # Field values as set (not to_dict(), which masks tokens with placeholders).
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
         return SFTConfig(**values)
     raise TypeError(f"args must be an SFTConfig (or TrainingArguments), got {type(args).__name__}")
 

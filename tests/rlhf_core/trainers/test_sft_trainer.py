@@ -175,3 +175,14 @@ def test_lora_trains_adapters_only_and_keeps_the_fused_loss(tmp_path):
     trainer.save_model(str(tmp_path / "adapter"))
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 4
     assert os.path.exists(tmp_path / "adapter" / "adapter_model.safetensors")
+
+
+def test_plain_training_arguments_become_an_sft_config_with_their_values():
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir="o", learning_rate=3e-4, logging_steps=3, hub_token="secret")
+    trainer = SFTTrainer("rlhf-tiny", args=args, train_dataset=Dataset.from_dict({"text": TEXTS[:4]}))
+    assert isinstance(trainer.args, SFTConfig)
+    kept = trainer.args.learning_rate, trainer.args.logging_steps, trainer.args.hub_token
+    assert kept == (3e-4, 3, "secret")
+    assert trainer.args.max_length == 1024 and trainer.args.use_fused_loss
