@@ -10,9 +10,13 @@ measurable, separate effect.
   6 categories x 3 counts x 6 phrasings = 108 prompts. For each (category, count) exactly one phrasing is held
   out (which one depends on the seed): 18 held-out prompts, 90 training prompts, disjoint as strings.
 * **A well-formed answer** repeats the count and the category, then lists that many distinct items of the
-  category, comma separated, ending with a full stop: ``"Two fruits: mango, cherry."``.
+  category, comma separated, ending with a full stop: ``"Two fruits: mango, plum."``. The generated data lists
+  items in alphabetical order (the judge accepts any order): a canonical order turns "no repeats" into a rule a
+  two-layer model learns from the previous item alone, and makes an SFT model's greedy answer the alphabetically
+  first items rather than a repeated one.
 * **Preferred items**: each category has nine items, three of which are preferred (``PREFERRED`` below;
-  e.g. fruits: mango, cherry, plum). Nothing in a prompt says so: only preference data reveals it.
+  e.g. fruits: grape, mango, plum), chosen away from the alphabetical start so that greedy SFT answers are mostly
+  not preferred. Nothing in a prompt says so: only preference data reveals it.
 * **SFT data** (``sft_dataset``) holds well-formed answers whose items are drawn uniformly, so about a third are
   preferred: supervised fine-tuning teaches the *format*.
 * **Preference pairs** (``preference_dataset``): chosen and rejected are both well-formed; chosen lists more
@@ -51,20 +55,22 @@ class Category:
         return {self.singular, self.plural, *self.spellings}
 
 
-def _category(singular: str, plural: str, items: str, preferred: str, spellings: tuple[str, ...] = ()) -> Category:
+def _category(
+    singular: str, plural: str, items: str, preferred: str, spellings: tuple[str, ...] = ()
+) -> Category:
     return Category(singular, plural, tuple(items.split()), frozenset(preferred.split()), spellings)
 
 
 CATEGORIES: tuple[Category, ...] = (
-    _category("fruit", "fruits", "apple banana cherry grape lemon mango peach pear plum", "mango cherry plum"),
-    _category("colour", "colours", "red blue green yellow purple orange pink brown white", "blue green purple",
+    _category("fruit", "fruits", "apple banana cherry grape lemon mango peach pear plum", "grape mango plum"),
+    _category("colour", "colours", "blue brown green orange pink purple red white yellow", "green purple white",
               spellings=("color", "colors")),
-    _category("animal", "animals", "cat dog horse rabbit tiger zebra otter fox owl", "otter fox owl"),
-    _category("vegetable", "vegetables", "carrot potato onion cabbage leek spinach celery pumpkin radish",
-              "carrot pumpkin leek"),
-    _category("tool", "tools", "hammer saw drill wrench chisel pliers ladder shovel rake", "hammer chisel rake"),
-    _category("sport", "sports", "tennis football rugby golf hockey cricket rowing boxing cycling",
-              "tennis rowing cycling"),
+    _category("animal", "animals", "cat dog fox horse otter owl rabbit tiger zebra", "otter owl zebra"),
+    _category("vegetable", "vegetables", "cabbage carrot celery leek onion potato pumpkin radish spinach",
+              "leek pumpkin radish"),
+    _category("tool", "tools", "chisel drill hammer ladder pliers rake saw shovel wrench", "hammer rake wrench"),
+    _category("sport", "sports", "boxing cricket cycling football golf hockey rowing rugby tennis",
+              "cycling rowing tennis"),
 )
 PREFERRED: dict[str, frozenset[str]] = {c.plural: c.preferred for c in CATEGORIES}
 COUNT_WORDS: tuple[str, ...] = ("one", "two", "three")
@@ -81,7 +87,9 @@ END_TOKEN = "<|end|>"
 # Judge weights: five structural checks of 1/10 each, and 1/2 for the share of preferred items.
 _CHECK_WEIGHT = Fraction(1, 10)
 _PREFERRED_WEIGHT = Fraction(1, 2)
-_ANSWER_RE = re.compile(r"^(?P<count>[a-z]+|\d+) (?P<noun>[a-z]+): (?P<items>[a-z][a-z -]*(?:, [a-z][a-z -]*)*)\.$")
+_ANSWER_RE = re.compile(
+    r"^(?P<count>[a-z]+|\d+) (?P<noun>[a-z]+): (?P<items>[a-z][a-z -]*(?:, [a-z][a-z -]*)*)\.$"
+)
 _SPECIAL_RE = re.compile(r"<\|[a-z]+\|>")
 
 
@@ -143,13 +151,14 @@ class SyntheticTask:
 
     # ---- datasets -------------------------------------------------------------------------------------------
     def sft_dataset(self, n: int) -> Dataset:
-        """``n`` rows, column ``messages`` = [user prompt, assistant answer]; items drawn uniformly."""
+        """``n`` rows, column ``messages`` = [user prompt, assistant answer]; items drawn uniformly, listed in
+        alphabetical order."""
         rng = self._rng("sft")
         rows = []
         for _ in range(n):
             spec = rng.choice(self.train_specs)
             cat = CATEGORIES[spec.category]
-            answer = format_answer(cat, rng.sample(cat.items, spec.count))
+            answer = format_answer(cat, sorted(rng.sample(cat.items, spec.count)))
             rows.append(_user(spec.text) + _assistant(answer))
         return Dataset.from_dict({"messages": rows})
 
@@ -157,7 +166,8 @@ class SyntheticTask:
         """``n`` pairs: ``prompt`` = [user], ``chosen`` / ``rejected`` = [assistant], both well-formed.
 
         The chosen answer lists ``a`` preferred items and the rejected one ``b < a`` (``a`` uniform in
-        1..count, ``b`` uniform in 0..a-1); the other items are drawn from the category's non-preferred items.
+        1..count, ``b`` uniform in 0..a-1); the other items are drawn from the category's non-preferred items;
+        items in alphabetical order.
         """
         rng = self._rng("preference")
         prompts, chosen, rejected = [], [], []
@@ -168,16 +178,16 @@ class SyntheticTask:
             n_good_rejected = rng.randint(0, n_good - 1)
             prompts.append(_user(spec.text))
             chosen.append(_assistant(format_answer(cat, self._mixed_items(rng, cat, spec.count, n_good))))
-            rejected.append(_assistant(format_answer(cat, self._mixed_items(rng, cat, spec.count, n_good_rejected))))
+            rejected.append(
+                _assistant(format_answer(cat, self._mixed_items(rng, cat, spec.count, n_good_rejected)))
+            )
         return Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected})
 
     @staticmethod
     def _mixed_items(rng: random.Random, cat: Category, count: int, n_preferred: int) -> list[str]:
         good = sorted(cat.preferred)
         other = [item for item in cat.items if item not in cat.preferred]
-        items = rng.sample(good, n_preferred) + rng.sample(other, count - n_preferred)
-        rng.shuffle(items)
-        return items
+        return sorted(rng.sample(good, n_preferred) + rng.sample(other, count - n_preferred))
 
     def prompt_dataset(self, n: int, split: str = "heldout") -> Dataset:
         """``n`` prompts (``prompt`` = [user]) of ``split``: all distinct prompts of the split (shuffled) first,
@@ -281,9 +291,9 @@ def score_response(prompt: str | Sequence[Mapping[str, Any]], response: str) -> 
     ``preferred``   0.5     times ``|distinct preferred items listed| / max(k, len(items))``
     ==============  ======  ===================================================================================
 
-    Examples for "Name two fruits." (preferred fruits: mango, cherry, plum): "Two fruits: mango, cherry." 1.0;
-    "Two fruits: mango, apple." 0.75; "Two fruits: apple, pear." 0.5; "Two fruits: mango, mango." 0.65;
-    "Three fruits: mango, cherry, plum." 0.8 (header and count wrong, preferred 3/3); "mango and cherry" 0.0.
+    Examples for "Name two fruits." (preferred fruits: grape, mango, plum): "Two fruits: mango, plum." 1.0;
+    "Two fruits: apple, mango." 0.75; "Two fruits: apple, pear." 0.5; "Two fruits: mango, mango." 0.65;
+    "Three fruits: grape, mango, plum." 0.8 (header and count wrong, preferred 3/3); "mango and plum" 0.0.
     """
     cat, k = parse_prompt(prompt)
     parts = dict.fromkeys(("format", "header", "count", "category", "distinct", "preferred"), Fraction(0))

@@ -12,7 +12,7 @@ from rlhf_core.data.synthetic import (
     score_response,
 )
 
-FRUITS = "Name two fruits."  # preferred fruits: mango, cherry, plum
+FRUITS = "Name two fruits."  # preferred fruits: grape, mango, plum
 
 
 def _texts(dataset, column="prompt"):
@@ -71,10 +71,22 @@ def test_dataset_columns_follow_the_contract():
 def test_sft_answers_are_well_formed_with_uniform_items():
     rows = SyntheticTask().sft_dataset(600)["messages"]
     scores = [score_response(user["content"], bot["content"]) for user, bot in rows]
-    assert all(sum(s[k] for k in ("format", "header", "count", "category", "distinct")) == 0.5 for s in scores)
+    assert all(
+        sum(s[k] for k in ("format", "header", "count", "category", "distinct")) == 0.5 for s in scores
+    )
     # Items drawn uniformly: about a third preferred (3 of 9 per category), which leaves room for preference training.
     preferred_share = sum(float(s["preferred"]) * 2 for s in scores) / len(scores)
     assert 0.27 < preferred_share < 0.40
+
+
+def test_generated_answers_list_items_in_alphabetical_order():
+    task = SyntheticTask()
+    answers = [row[1]["content"] for row in task.sft_dataset(200)["messages"]]
+    pref = task.preference_dataset(200)
+    answers += [m[0]["content"] for m in pref["chosen"]] + [m[0]["content"] for m in pref["rejected"]]
+    for answer in answers:
+        items = answer.split(": ", 1)[1].rstrip(".").split(", ")
+        assert items == sorted(items), answer
 
 
 def test_preference_pairs_are_both_well_formed_and_chosen_is_preferred():
@@ -91,21 +103,21 @@ def test_preference_pairs_are_both_well_formed_and_chosen_is_preferred():
 @pytest.mark.parametrize(
     ("response", "expected"),
     [
-        ("Two fruits: mango, cherry.", 1.0),  # all checks + 2/2 preferred
-        ("Two fruits: cherry, plum.<|end|>", 1.0),
-        ("  two FRUITS:   Mango,  cherry. <|end|><|pad|><|pad|>", 1.0),  # case, whitespace, trailing tokens
-        ("2 fruits: mango, cherry.", 1.0),  # digits accepted for the count
-        ("Two fruits: mango, apple.", 0.75),  # 0.5 + 0.5 * 1/2
-        ("Two fruits: apple, pear.", 0.5),  # well formed, nothing preferred
+        ("Two fruits: mango, plum.", 1.0),  # all checks + 2/2 preferred
+        ("Two fruits: plum, grape.<|end|>", 1.0),  # any order
+        ("  two FRUITS:   Mango,  plum. <|end|><|pad|><|pad|>", 1.0),  # case, whitespace, trailing tokens
+        ("2 fruits: mango, plum.", 1.0),  # digits accepted for the count
+        ("Two fruits: apple, mango.", 0.75),  # 0.5 + 0.5 * 1/2
+        ("Two fruits: apple, cherry.", 0.5),  # well formed, nothing preferred
         ("Two fruits: mango, mango.", 0.65),  # repeated: no distinct credit, 1 distinct preferred of 2
         ("Two fruits: carrot, mango.", 0.65),  # a vegetable: no category credit
-        ("Three fruits: mango, cherry, plum.", 0.8),  # wrong header and count; preferred 3 / max(2, 3)
+        ("Three fruits: grape, mango, plum.", 0.8),  # wrong header and count; preferred 3 / max(2, 3)
         ("One fruit: mango.", 0.55),  # header and count wrong; preferred 1/2
-        ("Two animals: mango, cherry.", 0.9),  # header names the wrong category
-        ("Two fruits: mango, cherry", 0.0),  # no full stop: not parseable
-        ("mango and cherry", 0.0),
+        ("Two animals: mango, plum.", 0.9),  # header names the wrong category
+        ("Two fruits: mango, plum", 0.0),  # no full stop: not parseable
+        ("mango and plum", 0.0),
         ("", 0.0),
-        ("<|end|>Two fruits: mango, cherry.", 0.0),  # nothing before the end of turn
+        ("<|end|>Two fruits: mango, plum.", 0.0),  # nothing before the end of turn
     ],
 )
 def test_judge_hand_worked_examples(response, expected):
@@ -115,8 +127,11 @@ def test_judge_hand_worked_examples(response, expected):
 def test_judge_accepts_message_lists_and_rendered_prompts():
     task = SyntheticTask()
     rendered = "<|bos|><|user|>\nList three colours, please.<|end|>\n<|assistant|>\n"
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "List three colours, please."}]
-    answer = "Three colors: blue, red, purple."  # American spelling accepted
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "List three colours, please."},
+    ]
+    answer = "Three colors: green, red, purple."  # American spelling accepted
     assert task.judge(rendered, answer) == task.judge(messages, answer) == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
@@ -129,7 +144,7 @@ def test_judge_rejects_prompts_not_from_the_task():
 
 def test_judge_batch_and_module_level_reward_fn():
     prompts = [FRUITS, "Can you give me one animal?", "Tell me three sports."]
-    responses = ["Two fruits: mango, cherry.", "One animal: cat.", "garbage"]
+    responses = ["Two fruits: mango, plum.", "One animal: cat.", "garbage"]
     scores = SyntheticTask().judge_batch(prompts, responses)
     assert scores == pytest.approx([1.0, 0.5, 0.0])
     assert judge_responses(prompts, responses) == scores
@@ -145,7 +160,9 @@ def test_answers_listing_only_preferred_items_score_one():
     for prompt in prompts:
         cat, k = parse_prompt(prompt)
         items = sorted(cat.preferred)[:k]
-        perfect.append(f"{['One', 'Two', 'Three'][k - 1]} {cat.singular if k == 1 else cat.plural}: {', '.join(items)}.")
+        perfect.append(
+            f"{['One', 'Two', 'Three'][k - 1]} {cat.singular if k == 1 else cat.plural}: {', '.join(items)}."
+        )
     assert task.judge_batch(prompts, perfect) == [1.0] * 18
 
 
