@@ -1,6 +1,6 @@
 """The bundled synthetic task: "name N things of a category", with hidden preferred items and an exact judge.
 
-Why this task: a ~260k-parameter model learns it in a minute or two on a CPU, and each RLHF stage has a
+Why this task: a 0.26M-parameter model learns it in a minute or two on a CPU, and each RLHF stage has a
 measurable, separate effect.
 
 * **Prompts** ask for one to three items of a category, in one of six phrasings::

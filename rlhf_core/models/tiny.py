@@ -1,4 +1,4 @@
-"""The offline default model, "rlhf-tiny": a ~0.2M-parameter Llama and the bundled tokenizer, built on demand.
+"""The offline default model, "rlhf-tiny": a 0.26M-parameter Llama and the bundled tokenizer, built on demand.
 
 `tiny_model_path()` builds the tokenizer (trained on the synthetic task's corpus) and a randomly initialised
 `LlamaForCausalLM` from a fixed seed, saves both with `save_pretrained`, and caches the folder on disk under a name
