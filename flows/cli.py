@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     # Without PREFECT_API_URL, Prefect starts a local API server for the run; on a busy laptop it can take longer
     # than Prefect's 20 s default to answer.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # That local server would otherwise try to send usage analytics (and log an error when offline).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
@@ -112,12 +115,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _execute(args, [])
 
 
+def _prestart_local_prefect_api() -> threading.Thread | None:
+    """Without PREFECT_API_URL, Prefect boots a local API server (a subprocess) at the first flow call; boot it
+    now instead, so that it starts while this process imports torch and validates the config and data."""
+    try:
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+        if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+            return None
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()  # the instance Prefect's client uses when no API URL is set
+    except Exception:  # any change in Prefect's internals: fall back to its own start at the first call
+        return None
+    thread = threading.Thread(target=server.start, name="prefect-api-start", daemon=True)
+    thread.start()
+    return thread
+
+
 def _execute(args: argparse.Namespace, extra: list[str]) -> int:
+    starting = _prestart_local_prefect_api()
     try:
         config = _load(args, extra)
     except _user_errors() as err:
         return _user_error(err)
     from flows.pipeline import rlhf_pipeline
+
+    if starting is not None:
+        starting.join()
 
     try:
         summary = rlhf_pipeline(config, refresh=args.refresh)

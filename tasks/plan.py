@@ -48,36 +48,43 @@ def _resolve(name_or_path: str) -> str:
     return resolve_model_path(name_or_path)
 
 
-def build_plan(config: PipelineConfig, data: PreparedData) -> PipelinePlan:
-    """Digests, folders and specs of every enabled stage, in order (sft, reward, dpo, ppo)."""
-    root = Path(config.output_dir).resolve() / "stages"
-    base = _resolve(config.model.name_or_path)
-    stages: dict[str, StagePlan] = {}
-    digests: dict[str, str] = {}
+class _PlanBuilder:
+    """Adds stages in pipeline order; each stage's digest covers the digests of the stages it builds on."""
+
+    def __init__(self, config: PipelineConfig, data: PreparedData) -> None:
+        self.config, self.data = config, data
+        self.root = Path(config.output_dir).resolve() / "stages"
+        self.stages: dict[str, StagePlan] = {}
+        self.digests: dict[str, str] = {}
 
     def add(
-        stage: str, start: str, start_name: str, upstream: list[str], input_policy: str, **extra
-    ) -> StagePlan:
-        settings = getattr(config.stages, stage)
-        inputs = {u: digests[u] for u in upstream if u in digests}
-        if extra.get("reward_model") and "reward" not in digests:
+        self, stage: str, start: str, start_name: str, upstream: list[str], input_policy: str, **extra
+    ) -> str:
+        """Plan ``stage`` starting from ``start`` (``start_name`` enters the digest); returns its final folder."""
+        config, settings = self.config, getattr(self.config.stages, stage)
+        inputs = {u: self.digests[u] for u in upstream if u in self.digests}
+        if extra.get("reward_model") and "reward" not in self.digests:
             inputs["reward_model"] = str(config.model.reward_model)  # a given, not trained, reward model
         digest = stage_digest(
-            config, stage, start_model=start_name, data_digests={stage: data.digest(stage)}, upstream=inputs
+            config,
+            stage,
+            start_model=start_name,
+            data_digests={stage: self.data.digest(stage)},
+            upstream=inputs,
         )
         spec = StageSpec(
             stage=stage,
             model=start,
-            train_data=data.datasets[stage].path,
-            stage_dir=str(root / f"{stage}-{short(digest)}"),
+            train_data=self.data.datasets[stage].path,
+            stage_dir=str(self.root / f"{stage}-{short(digest)}"),
             args=settings.args,
             lora=settings.lora,
             seed=config.seed,
             resume=settings.resume,
             **extra,
         )
-        digests[stage] = digest
-        stages[stage] = StagePlan(
+        self.digests[stage] = digest
+        self.stages[stage] = StagePlan(
             stage=stage,
             digest=digest,
             spec=spec,
@@ -86,30 +93,28 @@ def build_plan(config: PipelineConfig, data: PreparedData) -> PipelinePlan:
             retries=settings.retries,
             timeout_s=settings.timeout_s,
         )
-        return stages[stage]
+        return str(spec.final_dir)
 
+
+def build_plan(config: PipelineConfig, data: PreparedData) -> PipelinePlan:
+    """Digests, folders and specs of every enabled stage, in order (sft, reward, dpo, ppo)."""
+    plan = _PlanBuilder(config, data)
+    base = _resolve(config.model.name_or_path)
     policy, policy_name = base, config.model.name_or_path
     if config.stages.sft.enabled:
-        policy = str(add("sft", base, policy_name, [], base).spec.final_dir)
-        policy_name = f"sft:{digests['sft']}"
+        policy = plan.add("sft", base, policy_name, [], base)
+        policy_name = f"sft:{plan.digests['sft']}"
     reward_model = _resolve(config.model.reward_model) if config.model.reward_model else None
     if config.stages.reward.enabled:
         backbone = config.model.reward_backbone
         start, start_name = (_resolve(backbone), backbone) if backbone else (policy, policy_name)
-        upstream = [] if backbone else ["sft"]
-        reward_model = str(add("reward", start, start_name, upstream, policy).spec.final_dir)
+        reward_model = plan.add("reward", start, start_name, [] if backbone else ["sft"], policy)
     if config.stages.dpo.enabled:
-        add("dpo", policy, policy_name, ["sft"], policy)
-    if config.stages.ppo.enabled:
-        ppo = config.stages.ppo
-        add(
-            "ppo",
-            policy,
-            policy_name,
-            ["sft", "reward"] if ppo.reward == "reward_model" else ["sft"],
-            policy,
-            reward=ppo.reward,
-            reward_model=reward_model if ppo.reward == "reward_model" else None,
-        )
+        plan.add("dpo", policy, policy_name, ["sft"], policy)
+    ppo = config.stages.ppo
+    if ppo.enabled:
+        uses_rm = ppo.reward == "reward_model"
+        plan.add("ppo", policy, policy_name, ["sft", "reward"] if uses_rm else ["sft"], policy,
+                 reward=ppo.reward, reward_model=reward_model if uses_rm else None)  # fmt: skip
     reference = "sft" if config.stages.sft.enabled else "base"
-    return PipelinePlan(base_model=base, stages=stages, reward_model=reward_model, reference=reference)
+    return PipelinePlan(base_model=base, stages=plan.stages, reward_model=reward_model, reference=reference)
