@@ -29,6 +29,9 @@ _EXPORTS: dict[str, str] = {
     "fused_linear_cross_entropy": "rlhf_core.kernels",
     # data
     "SyntheticTask": "rlhf_core.data.synthetic",
+    "judge_responses": "rlhf_core.data.synthetic",
+    "TINY_MODEL": "rlhf_core.models.tiny",
+    "tiny_model_path": "rlhf_core.models.tiny",
     "DataFormat": "rlhf_core.data.formats",
     "DataFormatError": "rlhf_core.data.formats",
     "load_hh_rlhf": "rlhf_core.data.hh_rlhf",

@@ -1,4 +1,4 @@
-"""Test-wide environment: offline hub, quiet Prefect, a private cache for the tiny model."""
+"""Test-wide environment: offline hub, quiet Prefect with a private home, one working folder per test."""
 
 from __future__ import annotations
 
