@@ -162,12 +162,21 @@ def _hh_rlhf(source: HHRLHFSource) -> Dataset:
 
 
 def hh_transcript_to_messages(transcript: str) -> list[dict[str, str]]:
-    """``"\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:"`` -> user a, assistant b, user c."""
+    """``"\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:"`` -> user a, assistant b, user c.
+
+    Empty turns are dropped and consecutive turns of one speaker (a few HH transcripts have them) are joined, so
+    the roles alternate as chat templates expect.
+    """
     parts = _HH_TURN.split(transcript)
-    messages = []
+    messages: list[dict[str, str]] = []
     for speaker, text in zip(parts[1::2], parts[2::2]):
-        if text.strip():
-            messages.append({"role": "user" if speaker == "Human" else "assistant", "content": text.strip()})
+        role, content = ("user" if speaker == "Human" else "assistant"), text.strip()
+        if not content:
+            continue
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n\n" + content
+        else:
+            messages.append({"role": role, "content": content})
     return messages
 
 

@@ -116,6 +116,10 @@ def _log_stage_inputs(job: StageJob) -> None:
             "lora": spec.lora,
             "reward": spec.reward,
             "reward_model": spec.reward_model,
+            "data": {
+                d.role: {"digest": d.digest, "rows": d.num_rows, "source": d.description}
+                for d in job.datasets
+            },
             "trainer_config": config,
         },
         "stage_config.json",

@@ -36,6 +36,14 @@ def test_hh_transcript_becomes_chat_turns():
         {"role": "assistant", "content": "c"},
         {"role": "user", "content": "d"},
     ]
+    # an empty human turn between two answers: the answers are joined, so roles still alternate
+    assert hh_transcript_to_messages(
+        "\n\nHuman: a\n\nAssistant: b\n\nHuman: \n\nAssistant: c\n\nHuman: d"
+    ) == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b\n\nc"},
+        {"role": "user", "content": "d"},
+    ]
 
 
 def test_implicit_preference_file_serves_every_role(tmp_path):
