@@ -41,7 +41,9 @@ from rlhf_core.trainers.preference_models import (
     ensure_pad_token,
     frozen_copy,
     reference_adapter_disabled,
+    unwrap_model,
 )
+from rlhf_core.trainers.preference_padding_free import padding_free_cost_model, plan_layout
 from rlhf_core.trainers.preference_reference import precompute_reference_logps
 
 __all__ = ["DPOTrainer"]
@@ -127,6 +129,7 @@ class DPOTrainer(TokenNormalisedTrainer):
             **trainer_kwargs,
         )
         self.ref_model = ref_model
+        self._cost_models: dict[int, Any] = {}
         if args.precompute_ref_log_probs:
             self._precompute_and_release_reference()
         elif self.ref_model is not None:
@@ -186,7 +189,15 @@ class DPOTrainer(TokenNormalisedTrainer):
             inputs["attention_mask"],
             inputs["labels"],
             chunk_size=self.args.logprobs_chunk_size,
+            layout=plan_layout(inputs["attention_mask"], self._cost_model(model)),
         )
+
+    def _cost_model(self, model: nn.Module) -> Any:
+        """Padding-free cost model of `model` (policy or reference), checked once per model."""
+        key = id(unwrap_model(model))
+        if key not in self._cost_models:
+            self._cost_models[key] = padding_free_cost_model(model, self.args.padding_free)
+        return self._cost_models[key]
 
     # ---- loss -----------------------------------------------------------------------------------------------
 

@@ -50,6 +50,13 @@ class DPOConfig(ConfigDefaultsMixin, TrainingArguments):
     overlong: str = field(
         default="truncate", metadata={"help": "Pairs longer than max_length: 'truncate' or 'drop' (counted)."}
     )
+    padding_free: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run each batch's chosen + rejected rows as one row without padding when that computes less. "
+            "None (default): where the model supports it (checked at start); False: never."
+        },
+    )
     precompute_ref_log_probs: bool = field(
         default=False,
         metadata={

@@ -18,6 +18,7 @@ from torch import nn
 
 from rlhf_core.kernels import fused_linear_logprobs
 from rlhf_core.trainers.preference_models import unwrap_model
+from rlhf_core.trainers.preference_padding_free import RowLayout
 
 __all__ = ["SequenceLogProbs", "completion_logprobs", "last_hidden_state"]
 
@@ -39,6 +40,7 @@ def completion_logprobs(
     *,
     chunk_size: int | None = None,
     temperature: float = 1.0,
+    layout: RowLayout | None = None,
 ) -> SequenceLogProbs:
     """Per-row sums of `log p(label_t | tokens < t)` over the positions where `labels != -100`.
 
@@ -47,15 +49,18 @@ def completion_logprobs(
         input_ids, attention_mask: `[R, T]`, right padded.
         labels: `[R, T]` aligned with `input_ids` (not shifted), -100 on prompt and padding.
         chunk_size: rows per chunk of the fused kernel.
+        layout: how the rows go through the model (default: the padded batch as it is; see
+            `preference_padding_free`).
     """
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)[keep]
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major: the order of target[keep]
     head = unwrap_model(model).get_output_embeddings()
     if type(head) is nn.Linear:
-        hidden = last_hidden_state(model, input_ids, attention_mask)  # [R, T, H]
+        layout = layout or RowLayout(merged=False)
+        hidden = last_hidden_state(model, layout.model_inputs(input_ids, attention_mask))
         token_logps = fused_linear_logprobs(
-            hidden[:, :-1][keep],
+            layout.gather(hidden, rows, cols),
             head.weight,
             target[keep],
             head.bias,
@@ -72,10 +77,11 @@ def completion_logprobs(
     return SequenceLogProbs(logps=sums, num_tokens=keep.sum(dim=1))
 
 
-def last_hidden_state(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """`[R, T, H]` final hidden states (after the last norm) without the LM-head projection."""
+def last_hidden_state(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final hidden states (after the last norm), `[R, T, H]` or merged `[1, L, H]`, without the LM-head projection.
+
+    `inputs`: the model's keyword arguments (`input_ids` with `attention_mask`, or merged `position_ids`).
+    """
     inner = unwrap_model(model)
     base = getattr(inner, "base_model", None)
     if base is None or base is inner:
@@ -85,7 +91,7 @@ def last_hidden_state(
         )
     if not _accepts_logits_to_keep(inner):
         # Without logits_to_keep the wrapper would build the full logits: call the base model directly.
-        return _hidden_from_output(base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False))
+        return _hidden_from_output(base(**inputs, use_cache=False))
 
     captured: dict[str, torch.Tensor] = {}
 
@@ -94,8 +100,8 @@ def last_hidden_state(
 
     handle = base.register_forward_hook(capture)
     try:
-        no_position = torch.empty(0, dtype=torch.long, device=input_ids.device)
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=no_position)
+        no_position = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
+        model(**inputs, use_cache=False, logits_to_keep=no_position)
     finally:
         handle.remove()
     return captured["hidden"]

@@ -28,6 +28,7 @@ from rlhf_core.trainers.preference_data import (
     prepare_preference_dataset,
 )
 from rlhf_core.trainers.preference_models import disable_dropout, ensure_pad_token, unwrap_model
+from rlhf_core.trainers.preference_padding_free import padding_free_cost_model, plan_layout
 from rlhf_core.trainers.reward_config import RewardConfig
 
 __all__ = ["RewardTrainer"]
@@ -104,6 +105,15 @@ class RewardTrainer(TokenNormalisedTrainer):
         self._forward_takes_use_cache = (
             "use_cache" in inspect.signature(unwrap_model(self.model).forward).parameters
         )
+        self._cost_model = None
+        if args.padding_free is not False:
+            if _score_head(self.model) is not None:
+                self._cost_model = padding_free_cost_model(self.model, args.padding_free)
+            elif args.padding_free:
+                raise ValueError(
+                    f"padding_free=True needs a per-position score head (`score`, as in LlamaForSequenceClassification); "
+                    f"{type(unwrap_model(self.model)).__name__} has none: use padding_free=None or False."
+                )
 
     # ---- loss -------------------------------------------------------------------------------------------------
 
@@ -112,12 +122,28 @@ class RewardTrainer(TokenNormalisedTrainer):
         return int(batch["input_ids"].shape[0]) // 2
 
     def pair_rewards(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`([B], [B])` rewards of the chosen and rejected sequences, from one forward pass over `[2B, T]`."""
+        """`([B], [B])` rewards of the chosen and rejected sequences, from one forward pass over `[2B, T]`.
+
+        When the batch runs padding-free (one merged row), the score head's per-position outputs are read at each
+        row's last real token: the value the classifier pools from a padded row.
+        """
         kwargs = {"use_cache": False} if self._forward_takes_use_cache else {}
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **kwargs)
-        rewards = outputs.logits[:, 0]
-        chosen, rejected = rewards.chunk(2)
-        return chosen, rejected
+        mask = inputs["attention_mask"]
+        layout = plan_layout(mask, self._cost_model)
+        if not layout.merged:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=mask, **kwargs)
+            return outputs.logits[:, 0].chunk(2)
+        captured: dict[str, torch.Tensor] = {}
+        handle = _score_head(model).register_forward_hook(
+            lambda m, i, out: captured.setdefault("scores", out)
+        )
+        try:
+            model(**layout.model_inputs(inputs["input_ids"], mask), **kwargs)
+        finally:
+            handle.remove()
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        rewards = layout.gather(captured["scores"], rows, mask.sum(dim=1) - 1)[:, 0]
+        return rewards.chunk(2)
 
     def compute_loss(
         self,
@@ -188,6 +214,12 @@ class RewardTrainer(TokenNormalisedTrainer):
         if self._signature_columns is None:
             self._signature_columns = list(PAIR_COLUMNS)
         super()._set_signature_columns_if_needed()
+
+
+def _score_head(model: nn.Module) -> nn.Module | None:
+    """The per-position score projection of a decoder classifier (None for e.g. BERT's pooled classifier)."""
+    head = getattr(unwrap_model(model), "score", None)
+    return head if isinstance(head, nn.Module) else None
 
 
 def _check_scalar_head(model: nn.Module) -> None:

@@ -41,6 +41,13 @@ class RewardConfig(ConfigDefaultsMixin, TrainingArguments):
             "help": "What to do with pairs longer than max_length: 'truncate' or 'drop' (counted in logs)."
         },
     )
+    padding_free: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run each batch's chosen + rejected rows as one row without padding when that computes less. "
+            "None (default): where the model supports it (checked at start); False: never."
+        },
+    )
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={

@@ -183,6 +183,47 @@ def test_loss_equals_per_sequence_scores_with_margin_and_centering(tiny_tokenize
     assert prompt.rstrip().endswith("Assistant:") and "mango" not in prompt
 
 
+def test_padding_free_rewards_equal_padded_rewards_and_encoders_stay_padded(tiny_tokenizer, tmp_path):
+    # lengths that vary (as in real data), so that merging the rows computes less than padding them
+    prompts = ["Name one fruit.", "Tell me about the river and the old stone bridge in the morning. " * 4]
+    data = Dataset.from_dict(
+        {
+            "prompt": [prompts[i % 2] for i in range(8)],
+            "chosen": ["Mango." if i % 3 else "The water ran quickly under it. " * 3 for i in range(8)],
+            "rejected": ["Pear." if i % 2 else "Two children threw pebbles. " * 2 for i in range(8)],
+        }
+    )
+    torch.manual_seed(0)
+    model = load_sequence_classifier("rlhf-tiny")
+    merged = RewardTrainer(model=model, args=quick_config(), train_dataset=data, tokenizer=tiny_tokenizer)
+    padded = RewardTrainer(
+        model=model, args=quick_config(padding_free=False), train_dataset=data, tokenizer=tiny_tokenizer
+    )
+    batch = merged.data_collator([merged.train_dataset[i] for i in range(2)])
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    assert merged._cost_model is not None and merged._cost_model.should_merge(lengths)
+    assert padded._cost_model is None
+    chosen_m, rejected_m = merged.pair_rewards(model, batch)
+    chosen_p, rejected_p = padded.pair_rewards(model, batch)
+    assert torch.allclose(chosen_m, chosen_p, atol=1e-5) and torch.allclose(rejected_m, rejected_p, atol=1e-5)
+    # a bidirectional encoder would let merged rows see each other: the probe notices and keeps it padded
+    folder = build_bert_reward_model(tmp_path / "encoder")
+    bert = RewardTrainer(
+        model=AutoModelForSequenceClassification.from_pretrained(folder),
+        args=quick_config(),
+        train_dataset=data,
+        tokenizer=AutoTokenizer.from_pretrained(folder),
+    )
+    assert bert._cost_model is None
+    with pytest.raises(ValueError, match="padding_free=True"):
+        RewardTrainer(
+            model=AutoModelForSequenceClassification.from_pretrained(folder),
+            args=quick_config(padding_free=True),
+            train_dataset=data,
+            tokenizer=AutoTokenizer.from_pretrained(folder),
+        )
+
+
 def test_batch_8x1_equals_1x8_gradient_accumulation(tiny_tokenizer):
     data = SyntheticTask(0).preference_dataset(16)
 
