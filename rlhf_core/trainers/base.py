@@ -153,14 +153,24 @@ class TokenNormalisedTrainer(Trainer):
     # ---- metrics ----------------------------------------------------------------------------------------------
 
     def record_metric(self, name: str, value: float | torch.Tensor, *, mode: str | None = None) -> None:
-        """Buffer a per-micro-batch metric; its mean over the logging interval joins the next ``log`` call."""
+        """Buffer a metric of this micro-batch; the mean over the logging interval joins the next ``log`` call.
+
+        A tensor counts as the per-item values (tokens, pairs) of this micro-batch: their mean over every process is
+        recorded (nothing when there are none). Under DDP every process must call this for the same micro-batches.
+        """
         if mode is None:
             mode = "train" if self.model.training else "eval"
         if torch.is_tensor(value):
-            value = value.detach().float().reshape(-1)
+            flat = value.detach().float().reshape(-1)
+            sum_count = torch.stack([flat.sum(), torch.tensor(float(flat.numel()), device=flat.device)])
             if self.args.world_size > 1:
-                value = self.accelerator.gather_for_metrics(value.to(self.accelerator.device))
-            value = value.mean().item()
+                sum_count = (
+                    self.accelerator.gather(sum_count.to(self.accelerator.device)).reshape(-1, 2).sum(0)
+                )
+            total, count = sum_count.tolist()
+            if count == 0:
+                return
+            value = total / count
         self._metrics[mode][name].append(float(value))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -255,10 +255,10 @@ class SFTTrainer(TokenNormalisedTrainer):
 
     def _record_token_metrics(self, stats: Any, num_tokens: Any, mode: str) -> None:
         """Entropy and accuracy when measured (``stats`` not None); the cumulative real-token count always."""
-        if stats is not None and stats.entropy is not None and stats.entropy.numel():
-            self.record_metric("entropy", stats.entropy.mean(), mode=mode)
+        if stats is not None and stats.entropy is not None:
+            self.record_metric("entropy", stats.entropy, mode=mode)
             if stats.correct is not None:
-                self.record_metric("mean_token_accuracy", stats.correct.float().mean(), mode=mode)
+                self.record_metric("mean_token_accuracy", stats.correct, mode=mode)
         if num_tokens is not None:
             count = torch.as_tensor(num_tokens, device=self.accelerator.device).reshape(1)
             if self.args.world_size > 1:
