@@ -255,6 +255,32 @@ def test_precompute_keeps_no_reference_model(tokenizer, pairs, monkeypatch):
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
 
 
+def test_implicit_prompt_strings_anthropic_hh_style(tokenizer):
+    rows = {
+        "chosen": [
+            "\n\nHuman: Name two fruits.\n\nAssistant: Two fruits: mango, plum.",
+            "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name one tool.\n\nAssistant: One tool: rake.",
+        ],
+        "rejected": [
+            "\n\nHuman: Name two fruits.\n\nAssistant: Two fruits: pear, lemon.",
+            "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name one tool.\n\nAssistant: One tool: saw.",
+        ],
+    }
+    trainer = DPOTrainer(
+        model=load_causal_lm("rlhf-tiny"),
+        args=config(),
+        train_dataset=Dataset.from_dict(rows),
+        tokenizer=tokenizer,
+    )
+    row = trainer.train_dataset[1]
+    prompt, chosen = tokenizer.decode(row["prompt_input_ids"]), tokenizer.decode(row["chosen_input_ids"])
+    assert prompt.rstrip().endswith("Assistant:") and "Hello!" in prompt  # the shared turns are the prompt
+    assert "rake" in chosen and "Hello" not in chosen
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, first_batch(trainer, 2))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
 # loss of each variant at policy == reference (every log-ratio 0), by hand, beta = 0.1, label_smoothing = 0
 AT_ZERO = {
     "sigmoid": math.log(2),
