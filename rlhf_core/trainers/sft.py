@@ -94,7 +94,7 @@ class SFTTrainer(TokenNormalisedTrainer):
         model: a `PreTrainedModel`/``nn.Module``, or a name/path (``"rlhf-tiny"``, a checkpoint folder, a hub name),
             loaded with ``args.model_init_kwargs``.
         args: `SFTConfig` (a plain `TrainingArguments` is converted; None = defaults, output in ``<model>-SFT``).
-        data_collator: default `SFTCollator` with the tokenizer's pad token.
+        data_collator: default `SFTCollator` with the tokenizer's pad token (rows merged per ``args.padding_free``).
         train_dataset / eval_dataset: a `datasets.Dataset` (or a dict of them for eval) in any SFT format, or
             already tokenised (``input_ids`` [+ ``completion_mask``]).
         processing_class / tokenizer: the tokenizer (aliases); default: the one saved with the model's name/path.
