@@ -33,6 +33,7 @@ from rlhf_core.trainers.model_setup import (
 from rlhf_core.trainers.preference_data import (
     PAIR_COLUMNS,
     PreferencePairCollator,
+    length_policy,
     prepare_preference_dataset,
 )
 from rlhf_core.trainers.preference_logprobs import SequenceLogProbs, completion_logprobs
@@ -94,30 +95,15 @@ class DPOTrainer(TokenNormalisedTrainer):
         pad_token_id = ensure_pad_token(processing_class, model)
         if args.disable_dropout:
             disable_dropout(model)
+        ref_model = _initial_reference(model, ref_model, args, peft_config)
 
-        # The reference is fixed now, before any update and before PEFT wraps the policy.
-        peft_reference = is_peft_model(model) or peft_config is not None
-        if ref_model is None and not peft_reference and not args.precompute_ref_log_probs:
-            ref_model = frozen_copy(model)
-        elif ref_model is not None:
-            ref_model.requires_grad_(False)
-            ref_model.eval()
-        if ref_model is not None and args.disable_dropout:
-            disable_dropout(ref_model)
-
-        length_policy = {
-            "max_length": args.max_length,
-            "max_prompt_length": args.max_prompt_length,
-            "overlong": args.overlong,
-            "num_proc": args.dataset_num_proc,
-        }
+        self._length_policy = length_policy(args)
         train_dataset = prepare_preference_dataset(
-            train_dataset, processing_class, **length_policy, what="train"
+            train_dataset, processing_class, **self._length_policy, what="train"
         )
         eval_dataset = prepare_preference_dataset(
-            eval_dataset, processing_class, **length_policy, what="eval"
+            eval_dataset, processing_class, **self._length_policy, what="eval"
         )
-        self._length_policy = length_policy
         super().__init__(
             model=model,
             args=args,
@@ -296,6 +282,23 @@ class DPOTrainer(TokenNormalisedTrainer):
         if self._signature_columns is None:
             self._signature_columns = list(PAIR_COLUMNS)
         super()._set_signature_columns_if_needed()
+
+
+def _initial_reference(
+    model: nn.Module, ref_model: nn.Module | None, args: DPOConfig, peft_config: Any
+) -> nn.Module | None:
+    """The reference model to hold, fixed before any update and before PEFT wraps the policy.
+
+    None when the policy itself serves (adapter disabled for a PEFT policy; the one precompute pass)."""
+    peft_reference = is_peft_model(model) or peft_config is not None
+    if ref_model is None and not peft_reference and not args.precompute_ref_log_probs:
+        ref_model = frozen_copy(model)
+    elif ref_model is not None:
+        ref_model.requires_grad_(False)
+        ref_model.eval()
+    if ref_model is not None and args.disable_dropout:
+        disable_dropout(ref_model)
+    return ref_model
 
 
 def _wraps_peft(model: nn.Module) -> bool:

@@ -22,6 +22,7 @@ __all__ = [
     "REFERENCE_COLUMNS",
     "PreferencePairCollator",
     "check_length_policy",
+    "length_policy",
     "prepare_preference_dataset",
 ]
 
@@ -44,6 +45,16 @@ def check_length_policy(max_length: int | None, max_prompt_length: int | None, o
             f"max_prompt_length ({max_prompt_length}) must be smaller than max_length ({max_length}) so that some "
             "completion tokens remain"
         )
+
+
+def length_policy(args: Any) -> dict[str, Any]:
+    """The tokenisation keywords of `prepare_preference_dataset` from a RewardConfig or DPOConfig."""
+    return {
+        "max_length": args.max_length,
+        "max_prompt_length": args.max_prompt_length,
+        "overlong": args.overlong,
+        "num_proc": args.dataset_num_proc,
+    }
 
 
 def is_tokenized(dataset: Any) -> bool:

@@ -25,6 +25,7 @@ from rlhf_core.trainers.model_setup import load_model, load_processing_class, re
 from rlhf_core.trainers.preference_data import (
     PAIR_COLUMNS,
     PreferencePairCollator,
+    length_policy,
     prepare_preference_dataset,
 )
 from rlhf_core.trainers.preference_models import disable_dropout, ensure_pad_token, unwrap_model
@@ -79,19 +80,13 @@ class RewardTrainer(TokenNormalisedTrainer):
         pad_token_id = ensure_pad_token(processing_class, model)
         if args.disable_dropout:
             disable_dropout(model)
-        length_policy = {
-            "max_length": args.max_length,
-            "max_prompt_length": args.max_prompt_length,
-            "overlong": args.overlong,
-            "num_proc": args.dataset_num_proc,
-        }
+        self._length_policy = length_policy(args)
         train_dataset = prepare_preference_dataset(
-            train_dataset, processing_class, **length_policy, what="train"
+            train_dataset, processing_class, **self._length_policy, what="train"
         )
         eval_dataset = prepare_preference_dataset(
-            eval_dataset, processing_class, **length_policy, what="eval"
+            eval_dataset, processing_class, **self._length_policy, what="eval"
         )
-        self._length_policy = length_policy
         super().__init__(
             model=model,
             args=args,
@@ -105,15 +100,7 @@ class RewardTrainer(TokenNormalisedTrainer):
         self._forward_takes_use_cache = (
             "use_cache" in inspect.signature(unwrap_model(self.model).forward).parameters
         )
-        self._cost_model = None
-        if args.padding_free is not False:
-            if _score_head(self.model) is not None:
-                self._cost_model = padding_free_cost_model(self.model, args.padding_free)
-            elif args.padding_free:
-                raise ValueError(
-                    f"padding_free=True needs a per-position score head (`score`, as in LlamaForSequenceClassification); "
-                    f"{type(unwrap_model(self.model)).__name__} has none: use padding_free=None or False."
-                )
+        self._cost_model = _reward_cost_model(self.model, args.padding_free)
 
     # ---- loss -------------------------------------------------------------------------------------------------
 
@@ -214,6 +201,20 @@ class RewardTrainer(TokenNormalisedTrainer):
         if self._signature_columns is None:
             self._signature_columns = list(PAIR_COLUMNS)
         super()._set_signature_columns_if_needed()
+
+
+def _reward_cost_model(model: nn.Module, setting: bool | None) -> Any:
+    """Padding-free cost model for a classifier with a per-position score head (None: keep padded batches)."""
+    if setting is False:
+        return None
+    if _score_head(model) is not None:
+        return padding_free_cost_model(model, setting)
+    if setting:
+        raise ValueError(
+            "padding_free=True needs a per-position score head (`score`, as in LlamaForSequenceClassification); "
+            f"{type(unwrap_model(model)).__name__} has none: use padding_free=None or False."
+        )
+    return None
 
 
 def _score_head(model: nn.Module) -> nn.Module | None:
