@@ -24,3 +24,15 @@ def _isolated_cwd(tmp_path, monkeypatch):
     """Each test runs in its own folder so MLflow's default sqlite store and outputs never collide."""
     monkeypatch.chdir(tmp_path)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The tiny model's ops are far too small to gain from threads; on a shared 2-core machine extra threads
+    only contend (a tiny-model test measured ~10x slower with 2 threads under load)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
