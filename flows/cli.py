@@ -12,6 +12,7 @@ exits with status 2; a failed pipeline run exits with status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -133,16 +134,30 @@ def _prestart_local_prefect_api() -> threading.Thread | None:
     return thread
 
 
+def _prepare_tracking_store() -> threading.Thread:
+    from tasks.tracking import prepare_local_store
+
+    def prepare() -> None:
+        with contextlib.suppress(Exception):  # the flow checks the store itself and reports what is wrong
+            prepare_local_store()
+
+    thread = threading.Thread(target=prepare, name="mlflow-store", daemon=True)
+    thread.start()
+    return thread
+
+
 def _execute(args: argparse.Namespace, extra: list[str]) -> int:
-    starting = _prestart_local_prefect_api()
+    # Boot the local Prefect API and create the local MLflow store while this thread imports and validates.
+    starting = [t for t in (_prestart_local_prefect_api(),) if t is not None]
     try:
         config = _load(args, extra)
     except _user_errors() as err:
         return _user_error(err)
+    starting.append(_prepare_tracking_store())
     from flows.pipeline import rlhf_pipeline
 
-    if starting is not None:
-        starting.join()
+    for thread in starting:
+        thread.join()
 
     try:
         summary = rlhf_pipeline(config, refresh=args.refresh)

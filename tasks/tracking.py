@@ -34,6 +34,7 @@ __all__ = [
     "log_metrics",
     "log_samples",
     "parent_run",
+    "prepare_local_store",
     "run_url",
     "set_tags",
     "stage_run",
@@ -51,6 +52,14 @@ def configure_tracking() -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def prepare_local_store() -> None:
+    """Create the local SQLite store's tables now (seconds on first use) when no tracking server is configured;
+    the CLI runs this alongside its other start-up work. A server is left alone (the flow checks it)."""
+    uri = configure_tracking()
+    if uri.startswith("sqlite:"):
+        MlflowClient().search_experiments(max_results=1)
 
 
 def ui_command(uri: str) -> str:
