@@ -153,9 +153,10 @@ def stage_order_problems(config: PipelineConfig) -> list[str]:
     if judge_needed and not isinstance(config.data.for_role("ppo"), SyntheticSource):
         problems.append("stages.ppo.reward: judge needs synthetic PPO prompts (data.ppo / data.preference)")
     metric = config.tracking.champion.metric
-    if metric == "judge_score" and config.evaluation.judge is None:
+    registers = bool(config.preference_stages())  # the champion rule applies to a registered DPO/PPO policy
+    if registers and metric == "judge_score" and config.evaluation.judge is None:
         problems.append("tracking.champion.metric: judge_score needs evaluation.judge (it is null)")
-    if metric == "reward_score" and not config.has_reward_model():
+    if registers and metric == "reward_score" and not config.has_reward_model():
         problems.append(
             "tracking.champion.metric: reward_score needs a reward model (reward stage or model.reward_model)"
         )
