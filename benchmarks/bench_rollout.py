@@ -41,15 +41,13 @@ def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def _prompt_batch(tokenizer, batch_size: int):
-    from rlhf_core.data.collators import PromptCollator
-    from rlhf_core.data.synthetic import SyntheticTask
+def _prompt_batch(tokenizer, batch_size: int, source: str, max_prompt_length: int):
+    from bench_ppo import _prompts
 
-    rows = SyntheticTask(0).prompt_dataset(batch_size, "train")["prompt"]
-    ids = [
-        {"input_ids": tokenizer.apply_chat_template(r, add_generation_prompt=True)["input_ids"]} for r in rows
-    ]
-    return PromptCollator(tokenizer.pad_token_id)(ids)
+    from rlhf_core.data.collators import PromptCollator
+
+    rows = _prompts(tokenizer, batch_size, source, max_prompt_length)
+    return PromptCollator(tokenizer.pad_token_id)([{"input_ids": r} for r in rows["input_ids"]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     n_new = args.new_tokens
 
     print(
-        f"rollout throughput: ~11M Llama (V=30522), fp32, CPU, {args.threads} thread(s), {n_new} new tokens per row"
+        f"rollout throughput: ~11M Llama (V=30522), fp32, CPU, {args.threads} thread(s), {args.prompts} prompts "
+        f"(<= {args.max_prompt_length} tokens), {n_new} new tokens per row"
     )
     print(
         f"{'batch':>5}  {'generate (ours)':>22}  {'HF generate':>22}  {'speed-up':>8}  {'rollout (ours)':>22}"
