@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "DPOTrainer": "rlhf_core.trainers.dpo",
     "PPOConfig": "rlhf_core.trainers.ppo_config",
     "PPOTrainer": "rlhf_core.trainers.ppo",
+    "NonFiniteLossError": "rlhf_core.trainers.base",
     # models
     "AutoModelForCausalLMWithValueHead": "rlhf_core.models.value_head",
     "create_reference_model": "rlhf_core.models.reference",
