@@ -48,3 +48,21 @@ def _fresh_compiled_flex_attention(request):
 
         torch._dynamo.reset()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking_state():
+    """MLflow keeps the experiment chosen by `set_experiment` in a module global and in MLFLOW_EXPERIMENT_ID; with a
+    new sqlite store per test folder, a leftover id names an experiment that does not exist there. Each test starts
+    and ends with a clean environment and no active run."""
+    saved_env = dict(os.environ)
+    yield
+    import sys
+
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        while fluent.active_run() is not None:
+            fluent.end_run()
+        fluent._active_experiment_id = None
+    os.environ.clear()
+    os.environ.update(saved_env)
