@@ -50,6 +50,62 @@ def _prompt_batch(tokenizer, batch_size: int, source: str, max_prompt_length: in
     return PromptCollator(tokenizer.pad_token_id)([{"input_ids": r} for r in rows["input_ids"]])
 
 
+def _models(threads: int):
+    """(tokenizer, policy, reference, reward model, policy + separate critic) of the shared benchmark Llama."""
+    import torch
+    import transformers
+    from models import bench_model_path
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_core.trainers.ppo_models import PolicyAndValue
+
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()  # the "score.weight newly initialised" load report is expected
+    folder = bench_model_path()
+    policy = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ref = AutoModelForCausalLM.from_pretrained(folder).eval()
+    reward = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1).eval()
+    critic = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+    return (
+        AutoTokenizer.from_pretrained(folder),
+        policy,
+        ref,
+        reward,
+        PolicyAndValue(policy, value_model=critic).eval(),
+    )
+
+
+def _workloads(models, ids, mask, n_new: int):
+    """The three timed callables of one batch: our sampler, HF generate, our whole rollout."""
+    import torch
+
+    from rlhf_core.rollout.generation import generate
+    from rlhf_core.rollout.logprobs import ResponseBatch, response_logprobs
+    from rlhf_core.rollout.sampling import SamplingParams
+    from rlhf_core.rollout.scoring import reward_model_scores
+
+    tok, policy, ref, reward, value = models
+
+    def ours():
+        return generate(policy, ids, mask, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
+                        sampling=SamplingParams(temperature=1.0), return_logprobs=True)  # fmt: skip
+
+    @torch.no_grad()
+    def hf():
+        return policy.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
+                               do_sample=True, top_k=0, temperature=1.0, pad_token_id=tok.pad_token_id)  # fmt: skip
+
+    @torch.no_grad()
+    def rollout():
+        out = ours()
+        batch = ResponseBatch(out.prompt_ids, out.prompt_mask, out.response_ids, out.response_mask)
+        response_logprobs(ref, batch, temperature=1.0, micro_batch_size=64)
+        value.values(batch)
+        reward_model_scores(reward, batch, micro_batch_size=64)
+
+    return ours, hf, rollout
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -61,35 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", choices=("hh", "synthetic"), default="hh")
     parser.add_argument("--max-prompt-length", type=int, default=128)
     args = parser.parse_args(argv)
-
-    import torch
-    import transformers
-    from models import bench_model_path
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    from rlhf_core.rollout.generation import generate
-    from rlhf_core.rollout.logprobs import ResponseBatch, response_logprobs
-    from rlhf_core.rollout.sampling import SamplingParams
-    from rlhf_core.rollout.scoring import reward_model_scores
-    from rlhf_core.trainers.ppo_models import PolicyAndValue
-
-    torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()  # the "score.weight newly initialised" load report is expected
-    folder = bench_model_path()
-    tok = AutoTokenizer.from_pretrained(folder)
-    policy = AutoModelForCausalLM.from_pretrained(folder).eval()
-    ref = AutoModelForCausalLM.from_pretrained(folder).eval()
-    reward = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1).eval()
-    value = PolicyAndValue(
-        policy, value_model=AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
-    )
-    value.eval()
+    models = _models(args.threads)
     n_new = args.new_tokens
-
-    print(
-        f"rollout throughput: ~11M Llama (V=30522), fp32, CPU, {args.threads} thread(s), {args.prompts} prompts "
-        f"(<= {args.max_prompt_length} tokens), {n_new} new tokens per row"
-    )
+    print(f"rollout throughput: ~11M Llama (V=30522), fp32, CPU, {args.threads} thread(s), {args.prompts} prompts "
+          f"(<= {args.max_prompt_length} tokens), {n_new} new tokens per row")  # fmt: skip
     print(
         f"{'batch':>5}  {'generate (ours)':>22}  {'HF generate':>22}  {'speed-up':>8}  {'rollout (ours)':>22}"
     )
@@ -97,28 +128,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{'':>5}  {'tok/s wall | CPU':>22}  {'tok/s wall | CPU':>22}  {'(CPU)':>8}  {'tok/s wall | CPU':>22}"
     )
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        prompts = _prompt_batch(tok, batch_size, args.prompts, args.max_prompt_length)
-        ids, mask = prompts["input_ids"], prompts["attention_mask"]
-
-        def ours(ids=ids, mask=mask):
-            return generate(policy, ids, mask, max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
-                            sampling=SamplingParams(temperature=1.0), return_logprobs=True)  # fmt: skip
-
-        @torch.no_grad()
-        def hf(ids=ids, mask=mask):
-            return policy.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
-                                   do_sample=True, top_k=0, temperature=1.0, pad_token_id=tok.pad_token_id)  # fmt: skip
-
-        @torch.no_grad()
-        def rollout(ids=ids, mask=mask):
-            out = ours(ids, mask)
-            batch = ResponseBatch(out.prompt_ids, out.prompt_mask, out.response_ids, out.response_mask)
-            response_logprobs(ref, batch, temperature=1.0, micro_batch_size=64)
-            value.values(batch)
-            reward_model_scores(reward, batch, micro_batch_size=64)
-
+        prompts = _prompt_batch(models[0], batch_size, args.prompts, args.max_prompt_length)
+        workloads = _workloads(models, prompts["input_ids"], prompts["attention_mask"], n_new)
         tokens = batch_size * n_new
-        rows = [_timed(fn, args.repeats) for fn in (ours, hf, rollout)]
+        rows = [_timed(fn, args.repeats) for fn in workloads]
         cells = [f"{tokens / w:>10.0f} | {tokens / c:<9.0f}" for w, c in rows]
         ratio = rows[1][1] / rows[0][1]  # CPU seconds HF / ours = our speed-up
         print(f"{batch_size:>5}  {cells[0]:>22}  {cells[1]:>22}  {ratio:>7.2f}x  {cells[2]:>22}")
