@@ -31,11 +31,11 @@ from rlhf_core.trainers.model_setup import (
     resolve_processing_class_alias,
 )
 from rlhf_core.trainers.preference_data import (
-    PAIR_COLUMNS,
     PreferencePairCollator,
     length_policy,
     prepare_preference_dataset,
 )
+from rlhf_core.trainers.preference_evaluation import PreferenceEvaluationMixin
 from rlhf_core.trainers.preference_logprobs import SequenceLogProbs, completion_logprobs
 from rlhf_core.trainers.preference_models import (
     disable_dropout,
@@ -50,7 +50,7 @@ from rlhf_core.trainers.preference_reference import precompute_reference_logps
 __all__ = ["DPOTrainer"]
 
 
-class DPOTrainer(TokenNormalisedTrainer):
+class DPOTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
     """Direct preference optimisation of a causal LM (TRL-compatible constructor).
 
     Args:
@@ -256,32 +256,6 @@ class DPOTrainer(TokenNormalisedTrainer):
         logits = torch.stack([out.chosen_rewards, out.rejected_rewards], dim=1)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return loss.detach(), logits, labels
-
-    def evaluate(
-        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
-    ):
-        """`Trainer.evaluate`, also accepting a raw (untokenised) preference dataset."""
-        if eval_dataset is not None and not isinstance(eval_dataset, str):
-            eval_dataset = prepare_preference_dataset(
-                eval_dataset, self.processing_class, **self._length_policy, what=metric_key_prefix
-            )
-        return super().evaluate(
-            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
-        )
-
-    def predict(
-        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
-    ):
-        """`Trainer.predict` (also on a raw preference dataset): predictions `[N, 2]` = (chosen, rejected)."""
-        test_dataset = prepare_preference_dataset(
-            test_dataset, self.processing_class, **self._length_policy, what=metric_key_prefix
-        )
-        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = list(PAIR_COLUMNS)
-        super()._set_signature_columns_if_needed()
 
 
 def _initial_reference(

@@ -23,11 +23,11 @@ from rlhf_core.trainers.base import TokenNormalisedTrainer
 from rlhf_core.trainers.batch_tracking import ROW_IDS_KEY
 from rlhf_core.trainers.model_setup import load_model, load_processing_class, resolve_processing_class_alias
 from rlhf_core.trainers.preference_data import (
-    PAIR_COLUMNS,
     PreferencePairCollator,
     length_policy,
     prepare_preference_dataset,
 )
+from rlhf_core.trainers.preference_evaluation import PreferenceEvaluationMixin
 from rlhf_core.trainers.preference_models import disable_dropout, ensure_pad_token, unwrap_model
 from rlhf_core.trainers.preference_padding_free import padding_free_cost_model, plan_layout
 from rlhf_core.trainers.reward_config import RewardConfig
@@ -35,7 +35,7 @@ from rlhf_core.trainers.reward_config import RewardConfig
 __all__ = ["RewardTrainer"]
 
 
-class RewardTrainer(TokenNormalisedTrainer):
+class RewardTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
     """Train a scalar reward model on preference pairs (TRL-compatible constructor).
 
     Args:
@@ -175,32 +175,6 @@ class RewardTrainer(TokenNormalisedTrainer):
         logits = torch.stack([rewards["rewards_chosen"], rewards["rewards_rejected"]], dim=1)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return loss.detach(), logits, labels
-
-    def evaluate(
-        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
-    ):
-        """`Trainer.evaluate`, also accepting a raw (untokenised) preference dataset."""
-        if eval_dataset is not None and not isinstance(eval_dataset, str):
-            eval_dataset = prepare_preference_dataset(
-                eval_dataset, self.processing_class, **self._length_policy, what=metric_key_prefix
-            )
-        return super().evaluate(
-            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
-        )
-
-    def predict(
-        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
-    ):
-        """`Trainer.predict` (also on a raw preference dataset): predictions `[N, 2]` = (chosen, rejected)."""
-        test_dataset = prepare_preference_dataset(
-            test_dataset, self.processing_class, **self._length_policy, what=metric_key_prefix
-        )
-        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = list(PAIR_COLUMNS)
-        super()._set_signature_columns_if_needed()
 
 
 def _reward_cost_model(model: nn.Module, setting: bool | None) -> Any:
