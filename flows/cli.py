@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---- commands -------------------------------------------------------------------------------------------------
-def _load(args: argparse.Namespace, extra: list[str] | None = None) -> Any:
+def _load(args: argparse.Namespace) -> Any:
     from tasks.config import load_config
 
-    return load_config(args.config, [*args.overrides, *(extra or [])])
+    return load_config(args.config, args.overrides)
 
 
 def _user_error(err: Exception) -> int:
@@ -116,22 +116,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _execute(args, [])
 
 
-def _prestart_local_prefect_api() -> threading.Thread | None:
-    """Without PREFECT_API_URL, Prefect boots a local API server (a subprocess) at the first flow call; boot it
-    now instead, so that it starts while this process imports torch and validates the config and data."""
-    try:
-        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+class _LocalPrefectApi:
+    """Without PREFECT_API_URL, Prefect boots a local API server (a subprocess) at the first flow call. This boots
+    it earlier, in a thread, so that it starts while this process loads the flow's modules and the MLflow store."""
 
-        if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-            return None
-        from prefect.server.api.server import SubprocessASGIServer
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.thread: threading.Thread | None = None
+        try:
+            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-        server = SubprocessASGIServer()  # the instance Prefect's client uses when no API URL is set
-    except Exception:  # any change in Prefect's internals: fall back to its own start at the first call
-        return None
-    thread = threading.Thread(target=server.start, name="prefect-api-start", daemon=True)
-    thread.start()
-    return thread
+            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+                return
+            from prefect.server.api.server import SubprocessASGIServer
+
+            self.server = SubprocessASGIServer()  # the instance Prefect's client uses when no API URL is set
+        except Exception:  # a change in Prefect's internals: Prefect starts it itself at the first flow call
+            return
+        self.thread = threading.Thread(target=self.server.start, name="prefect-api-start", daemon=True)
+        self.thread.start()
+
+    def ready(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _prepare_tracking_store() -> threading.Thread:
@@ -147,18 +154,18 @@ def _prepare_tracking_store() -> threading.Thread:
 
 
 def _execute(args: argparse.Namespace, extra: list[str]) -> int:
-    # Boot the local Prefect API and create the local MLflow store while this thread imports and validates.
-    starting = [t for t in (_prestart_local_prefect_api(),) if t is not None]
+    from tasks.config import load_config
+
     try:
-        config = _load(args, extra)
+        config = load_config(args.config, [*args.overrides, *extra])
     except _user_errors() as err:
         return _user_error(err)
-    starting.append(_prepare_tracking_store())
+    # The local Prefect API boots and the local MLflow store is created while this thread imports the flow.
+    api, store = _LocalPrefectApi(), _prepare_tracking_store()
     from flows.pipeline import rlhf_pipeline
 
-    for thread in starting:
-        thread.join()
-
+    api.ready()
+    store.join()
     try:
         summary = rlhf_pipeline(config, refresh=args.refresh)
     except _user_errors() as err:
