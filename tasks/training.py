@@ -167,6 +167,7 @@ def run_stage_training(spec: StageSpec) -> TrainOutcome:
     if args.process_index == 0:
         shutil.rmtree(staging, ignore_errors=True)  # a crashed run's half-saved model
     trainer = TRAINER_BUILDERS[spec.stage](spec, args)
+    _log_synchronously(trainer)
     resume = _last_checkpoint(spec)
     if resume:
         logger.info("%s: resuming from %s", spec.stage, resume)
@@ -188,6 +189,17 @@ def run_stage_training(spec: StageSpec) -> TrainOutcome:
         os.replace(staging, spec.final_dir)
         spec.outcome_file.write_text(outcome.model_dump_json(indent=2))
     return outcome
+
+
+def _log_synchronously(trainer: Any) -> None:
+    """Swap the MLflow callback that ``report_to=["mlflow"]`` installed for its synchronous variant."""
+    from transformers.integrations import MLflowCallback
+
+    if any(isinstance(cb, MLflowCallback) for cb in trainer.callback_handler.callbacks):
+        from tasks.tracking import synchronous_mlflow_callback
+
+        trainer.callback_handler.pop_callback(MLflowCallback)
+        trainer.add_callback(synchronous_mlflow_callback())
 
 
 def _save_tokenizer(trainer: Any, folder: Path) -> None:
