@@ -79,7 +79,9 @@ def test_run_with_a_bad_config_fails_before_any_training(tmp_path, capsys):
     path.write_text(yaml.safe_dump(config))
     err = _fails(["run", str(path)], capsys)
     assert "stages.ppo: PPO scores rollouts with a reward model" in err
-    err = _fails(["train", "ppo", DEFAULT, "stages.ppo.reward=reward_model"], capsys)  # alone: no reward model
+    err = _fails(
+        ["train", "ppo", DEFAULT, "stages.ppo.reward=reward_model"], capsys
+    )  # alone: no reward model
     assert "model.reward_model is not set" in err
     err = _fails(["run", DEFAULT, "data.sft.source=file", "data.sft.path=missing.jsonl"], capsys)
     assert "data.sft.path: data file not found: 'missing.jsonl'" in err
