@@ -57,7 +57,7 @@ def _models(threads: int):
     from models import bench_model_path
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf_core.trainers.ppo_models import PolicyAndValue
+    from rlhf_core.trainers.ppo.policy_value import PolicyAndValue
 
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity_error()  # the "score.weight newly initialised" load report is expected

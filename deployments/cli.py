@@ -1,4 +1,4 @@
-"""The `rlhf` command: the pipeline's subcommands (flows.cli: run, validate, train) plus `serve` and `ingest`.
+"""The `rlhf` command: the pipeline's subcommands (deployments.pipeline_commands: run, validate, train) plus `serve` and `ingest`.
 
 This is the top layer (deployments -> flows -> tasks -> rlhf_core), so `rlhf serve` can register deployments
 without the flows layer knowing about them.
@@ -11,8 +11,8 @@ import json
 import os
 import sys
 
-from flows.cli import build_parser as build_flows_parser
-from flows.cli import main as flows_main
+from deployments.pipeline_commands import build_parser as build_flows_parser
+from deployments.pipeline_commands import main as flows_main
 
 _HANDLER = "_deployments_command"
 
@@ -21,7 +21,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return action
-    raise RuntimeError("flows.cli.build_parser() has no subcommands to extend")
+    raise RuntimeError("deployments.pipeline_commands.build_parser() has no subcommands to extend")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

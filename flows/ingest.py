@@ -26,7 +26,7 @@ from tasks.ingest import (
     store_dataset_version,
     validate_preferences,
 )
-from tasks.tracking_check import mask_credentials
+from tasks.tracking.check import mask_credentials
 
 WATCH_LEDGER = ".watch-ledger.json"
 

@@ -14,13 +14,13 @@ from prefect import flow, runtime
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.report import PipelineSummary, markdown_table, stage_rows
-from tasks import tracking
 from tasks.config import PipelineConfig
 from tasks.digests import digest_of, short
 from tasks.plan import PipelinePlan, build_plan
 from tasks.results import PreparedData, StageResult
-from tasks.stages import TRAINING_TASKS, StageJob, evaluate, prepare_data, register
-from tasks.tracking_check import ensure_tracking_reachable, redact_secrets
+from tasks.stage_tasks import TRAINING_TASKS, StageJob, evaluate, prepare_data, register
+from tasks.tracking import runs as tracking
+from tasks.tracking.check import ensure_tracking_reachable, redact_secrets
 
 __all__ = ["rlhf_pipeline"]
 

@@ -13,14 +13,14 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     # trainers and their configs
-    "SFTConfig": "rlhf_core.trainers.sft_config",
-    "SFTTrainer": "rlhf_core.trainers.sft",
-    "RewardConfig": "rlhf_core.trainers.reward_config",
-    "RewardTrainer": "rlhf_core.trainers.reward",
-    "DPOConfig": "rlhf_core.trainers.dpo_config",
-    "DPOTrainer": "rlhf_core.trainers.dpo",
-    "PPOConfig": "rlhf_core.trainers.ppo_config",
-    "PPOTrainer": "rlhf_core.trainers.ppo",
+    "SFTConfig": "rlhf_core.trainers.sft.config",
+    "SFTTrainer": "rlhf_core.trainers.sft.trainer",
+    "RewardConfig": "rlhf_core.trainers.preference.reward_config",
+    "RewardTrainer": "rlhf_core.trainers.preference.reward",
+    "DPOConfig": "rlhf_core.trainers.preference.dpo_config",
+    "DPOTrainer": "rlhf_core.trainers.preference.dpo",
+    "PPOConfig": "rlhf_core.trainers.ppo.config",
+    "PPOTrainer": "rlhf_core.trainers.ppo.trainer",
     "NonFiniteLossError": "rlhf_core.trainers.base",
     # models
     "AutoModelForCausalLMWithValueHead": "rlhf_core.models.value_head",

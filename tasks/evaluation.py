@@ -13,9 +13,16 @@ from collections.abc import Mapping, Sequence
 from statistics import fmean
 from typing import Any
 
+from rlhf_core.evaluation.sampling import (
+    ModelCache,
+    Samples,
+    judge_scores,
+    kl_to_reference,
+    reward_scores,
+    sample_responses,
+)
 from tasks.config import EvaluationSettings
 from tasks.results import PolicyMetrics
-from tasks.sampling import ModelCache, Samples, judge_scores, kl_to_reference, reward_scores, sample_responses
 
 __all__ = ["evaluate_policies", "prompt_text", "sample_rows", "win_rate"]
 

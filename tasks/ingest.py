@@ -37,7 +37,7 @@ from prefect.events import emit_event
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
-from tasks.tracking_check import mask_credentials
+from tasks.tracking.check import mask_credentials
 
 PREFERENCE_DATA_ARRIVED = "preference-data.arrived"
 DATASET_STORE_ENV = "RLHF_DATASET_STORE"

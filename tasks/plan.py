@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from tasks.config import PipelineConfig
 from tasks.digests import short, stage_digest
 from tasks.results import PreparedData
-from tasks.training import StageSpec
+from tasks.training.run import StageSpec
 
 __all__ = ["PipelinePlan", "StagePlan", "build_plan"]
 

@@ -30,7 +30,7 @@ def select_backend(hidden: torch.Tensor, backend: str | None = None) -> str:
         raise ValueError(f"{source} must be one of {BACKENDS}; got {choice!r}")
     if choice != "auto":
         return choice
-    from rlhf_core.kernels.triton_logprobs import triton_available
+    from rlhf_core.kernels._triton_row_softmax import triton_available
 
     return "triton" if hidden.is_cuda and triton_available() else "torch"
 
@@ -40,7 +40,7 @@ def _row_ops(hidden: torch.Tensor, backend: str | RowSoftmaxOps | None) -> RowSo
         return backend
     if select_backend(hidden, backend) == "torch":
         return TorchRowSoftmax()
-    from rlhf_core.kernels.triton_logprobs import TritonRowSoftmax, check_triton_device
+    from rlhf_core.kernels._triton_row_softmax import TritonRowSoftmax, check_triton_device
 
     check_triton_device(hidden)
     return TritonRowSoftmax()

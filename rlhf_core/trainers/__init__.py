@@ -12,14 +12,14 @@ _EXPORTS: dict[str, str] = {
     "ConfigDefaultsMixin": "rlhf_core.trainers.config_defaults",
     "NonFiniteLossError": "rlhf_core.trainers.base",
     "TokenNormalisedTrainer": "rlhf_core.trainers.base",
-    "SFTConfig": "rlhf_core.trainers.sft_config",
-    "SFTTrainer": "rlhf_core.trainers.sft",
-    "RewardConfig": "rlhf_core.trainers.reward_config",
-    "RewardTrainer": "rlhf_core.trainers.reward",
-    "DPOConfig": "rlhf_core.trainers.dpo_config",
-    "DPOTrainer": "rlhf_core.trainers.dpo",
-    "PPOConfig": "rlhf_core.trainers.ppo_config",
-    "PPOTrainer": "rlhf_core.trainers.ppo",
+    "SFTConfig": "rlhf_core.trainers.sft.config",
+    "SFTTrainer": "rlhf_core.trainers.sft.trainer",
+    "RewardConfig": "rlhf_core.trainers.preference.reward_config",
+    "RewardTrainer": "rlhf_core.trainers.preference.reward",
+    "DPOConfig": "rlhf_core.trainers.preference.dpo_config",
+    "DPOTrainer": "rlhf_core.trainers.preference.dpo",
+    "PPOConfig": "rlhf_core.trainers.ppo.config",
+    "PPOTrainer": "rlhf_core.trainers.ppo.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -38,10 +38,10 @@ STAGE_NAMES: tuple[str, ...] = ("sft", "reward", "dpo", "ppo")
 
 # Where each stage's config class lives ("module:attribute"), imported on first use.
 TRAINER_CONFIGS: dict[str, str] = {
-    "sft": "rlhf_core.trainers.sft_config:SFTConfig",
-    "reward": "rlhf_core.trainers.reward_config:RewardConfig",
-    "dpo": "rlhf_core.trainers.dpo_config:DPOConfig",
-    "ppo": "rlhf_core.trainers.ppo_config:PPOConfig",
+    "sft": "rlhf_core.trainers.sft.config:SFTConfig",
+    "reward": "rlhf_core.trainers.preference.reward_config:RewardConfig",
+    "dpo": "rlhf_core.trainers.preference.dpo_config:DPOConfig",
+    "ppo": "rlhf_core.trainers.ppo.config:PPOConfig",
 }
 
 # Set by the pipeline itself; a user value would be silently overridden, so it is refused instead.

@@ -12,7 +12,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import rlhf_pipeline
 from tasks.config import PipelineConfig
-from tasks.tracking_check import TrackingServerUnreachable
+from tasks.tracking.check import TrackingServerUnreachable
 
 
 def _closed_port() -> int:

@@ -134,7 +134,7 @@ def test_unchanged_stage_is_reused_and_a_deleted_checkpoint_retrained(first_run,
 
 
 def test_failing_stage_fails_the_flow_and_its_runs(first_run, tiny_config, monkeypatch):
-    from tasks import training
+    from tasks.training import run as training
 
     def explode(spec, args):
         raise RuntimeError("dpo exploded")

@@ -12,7 +12,7 @@ from rlhf_core.kernels import (
     fused_linear_logprobs,
     select_backend,
 )
-from rlhf_core.kernels.triton_logprobs import triton_available
+from rlhf_core.kernels._triton_row_softmax import triton_available
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Evaluation: generation and scoring of held-out prompts (judge, reward model, KL)."""

@@ -1,0 +1,161 @@
+"""Triton backend of the fused ops: cuBLAS matmuls per chunk + Triton kernels for the row-wise softmax work.
+
+The design follows Liger-Kernel: the GEMMs stay with torch (cuBLAS), the memory-bound row work is
+Triton: one kernel computes each row's online logsumexp, target log-prob and entropy in a single read;
+another turns a recomputed chunk of logits into its softmax in place from the saved logsumexp (no
+reduction in backward). ``TritonRowSoftmax`` plugs into the chunk driver and autograd functions
+shared with the torch backend (``chunked.py``), so both paths have the same gradient algebra and
+memory profile; ``rlhf_core.kernels.fused_linear_*`` pick it on CUDA.
+
+triton is imported lazily: this module imports fine without triton and without CUDA. The kernels run
+on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before they were first loaded
+(that is how the tests run them).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+import torch
+
+__all__ = [
+    "TritonRowSoftmax",
+    "check_triton_device",
+    "interpreter_enabled",
+    "triton_available",
+    "triton_linear_cross_entropy",
+    "triton_linear_logprobs",
+]
+
+# Wide enough to stream a row in few iterations, small enough to stay in registers at 8 warps.
+MAX_BLOCK_V = 4096
+NUM_WARPS = 8
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when ``import triton`` works (no GPU needed for the import)."""
+    try:
+        importlib.import_module("triton")
+    except Exception:  # triton raises more than ImportError on broken installs
+        return False
+    return True
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+@functools.cache
+def _kernels() -> ModuleType:
+    if not triton_available():
+        raise RuntimeError(
+            "the Triton backend needs the `triton` package (pip install 'rlhf-toolkit[triton]')"
+        )
+    return importlib.import_module("rlhf_core.kernels._triton_kernels")
+
+
+def _next_power_of_two(value: int) -> int:
+    return 1 << max(0, value - 1).bit_length()
+
+
+class TritonRowSoftmax:
+    """``RowSoftmaxOps`` with Triton kernels; ``block_v`` overrides the slice width (tests use it to force
+    several slices per row)."""
+
+    def __init__(self, block_v: int | None = None) -> None:
+        self._k = _kernels()
+        self._block_v = block_v
+
+    def _block(self, vocab: int) -> int:
+        return self._block_v or min(MAX_BLOCK_V, _next_power_of_two(vocab))
+
+    def log_softmax_stats(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        logp_out: torch.Tensor,
+        lse_out: torch.Tensor,
+        entropy_out: torch.Tensor | None,
+    ) -> None:
+        rows, vocab = logits.shape
+        with_entropy = entropy_out is not None
+        self._k.log_softmax_stats_kernel[(rows,)](
+            logits,
+            logits.stride(0),
+            targets,
+            logp_out,
+            lse_out,
+            entropy_out if with_entropy else lse_out,
+            vocab,
+            BLOCK_V=self._block(vocab),
+            WITH_ENTROPY=with_entropy,
+            num_warps=NUM_WARPS,
+        )
+
+    def softmax_(self, logits: torch.Tensor, lse: torch.Tensor) -> None:
+        rows, vocab = logits.shape
+        block = self._block(vocab)
+        grid = (rows, -(-vocab // block))
+        self._k.softmax_from_lse_kernel[grid](
+            logits, logits.stride(0), lse, vocab, BLOCK_V=block, num_warps=NUM_WARPS
+        )
+
+    def log_softmax_stats_and_softmax_(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        logp_out: torch.Tensor,
+        lse_out: torch.Tensor,
+        entropy_out: torch.Tensor | None,
+    ) -> None:
+        self.log_softmax_stats(logits, targets, logp_out, lse_out, entropy_out)
+        self.softmax_(logits, lse_out)
+
+
+def check_triton_device(hidden: torch.Tensor) -> None:
+    """Triton kernels need CUDA tensors, except in interpreter mode (CPU tensors, for tests)."""
+    if hidden.is_cuda or (interpreter_enabled() and hidden.device.type == "cpu"):
+        return
+    raise ValueError(
+        f"the Triton backend runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got device "
+        f"{hidden.device}. Use backend='torch' (the chunked torch implementation) here."
+    )
+
+
+def triton_linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    block_v: int | None = None,
+    **kwargs: Any,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``fused_linear_logprobs`` forced onto the Triton backend (``block_v``: slice width of the row kernels)."""
+    from rlhf_core.kernels.dispatch import fused_linear_logprobs
+
+    check_triton_device(hidden)
+    return fused_linear_logprobs(hidden, weight, labels, bias, backend=TritonRowSoftmax(block_v), **kwargs)
+
+
+def triton_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    block_v: int | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """``fused_linear_cross_entropy`` forced onto the Triton backend."""
+    from rlhf_core.kernels.dispatch import fused_linear_cross_entropy
+
+    check_triton_device(hidden)
+    return fused_linear_cross_entropy(
+        hidden, weight, labels, bias, backend=TritonRowSoftmax(block_v), **kwargs
+    )

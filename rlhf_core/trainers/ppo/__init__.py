@@ -1,0 +1,1 @@
+"""PPO: PPOTrainer, PPOConfig, experience, optimisation epochs, checkpoint/resume, the classic API, metrics, KL control."""

@@ -1,0 +1,1 @@
+"""Pairwise preference trainers: RewardTrainer, DPOTrainer, their configs, data, log-probs and reference."""

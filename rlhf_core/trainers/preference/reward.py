@@ -1,0 +1,208 @@
+"""RewardTrainer: a pairwise (Bradley-Terry) reward model on `transformers.Trainer`.
+
+Any `AutoModelForSequenceClassification` with ``num_labels=1`` works: a causal-LM backbone (the classifier reads
+the last non-pad token, found through ``config.pad_token_id``, which is set when missing) or an encoder such as
+BERT (its pooled first token; no eos token is needed). Chosen and rejected sequences go through the model in one
+forward pass (`[2B, T]`), and the loss is `rlhf_core.losses.reward.reward_loss`, summed over pairs and divided by
+the number of pairs in the whole accumulated batch.
+
+Logged metrics (train, and with the ``eval_`` prefix at evaluation): ``loss``, ``accuracy`` (share of pairs with
+r_chosen > r_rejected), ``margin`` (mean r_chosen - r_rejected), ``mean_reward``, ``min_reward``, ``max_reward``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlhf_core.losses.reward import reward_loss
+from rlhf_core.trainers.base import TokenNormalisedTrainer
+from rlhf_core.trainers.batch_tracking import ROW_IDS_KEY
+from rlhf_core.trainers.model_setup import load_model, load_processing_class, resolve_processing_class_alias
+from rlhf_core.trainers.padding_free import padding_free_cost_model, plan_layout
+from rlhf_core.trainers.preference.data import (
+    PreferencePairCollator,
+    length_policy,
+    prepare_preference_dataset,
+)
+from rlhf_core.trainers.preference.evaluation import PreferenceEvaluationMixin
+from rlhf_core.trainers.preference.model_prep import disable_dropout, ensure_pad_token, unwrap_model
+from rlhf_core.trainers.preference.reward_config import RewardConfig
+
+__all__ = ["RewardTrainer"]
+
+
+class RewardTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
+    """Train a scalar reward model on preference pairs (TRL-compatible constructor).
+
+    Args:
+        model: a sequence-classification model with one label, or a name/path (loaded with
+            `rlhf_core.models.loading.load_sequence_classifier`, ``"rlhf-tiny"`` included).
+        args: a `RewardConfig` (default: ``RewardConfig()``).
+        data_collator: default `PreferencePairCollator` with the tokenizer's pad token.
+        train_dataset, eval_dataset: raw preference datasets (explicit or implicit prompt, strings or messages,
+            optional ``margin``) or datasets already tokenised (``prompt_input_ids``, ``chosen_input_ids``,
+            ``rejected_input_ids``); eval may be a dict of them.
+        processing_class / tokenizer: the tokenizer (``tokenizer=`` is an alias).
+        peft_config: LoRA (or other PEFT) configuration; use ``task_type="SEQ_CLS"`` so the score head trains.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str | None = None,
+        args: RewardConfig | None = None,
+        data_collator: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        *,
+        tokenizer: Any = None,
+        peft_config: Any = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        args = RewardConfig() if args is None else args
+        if not isinstance(args, RewardConfig):
+            raise TypeError(f"args must be a RewardConfig, got {type(args).__name__}")
+        if model is None:
+            raise ValueError("RewardTrainer needs a model (an object or a name/path).")
+        processing_class = resolve_processing_class_alias(processing_class, tokenizer)
+        if isinstance(model, str):
+            from rlhf_core.models.loading import load_sequence_classifier
+
+            processing_class = load_processing_class(model, processing_class)
+            model = load_model(
+                model, model_init_kwargs=args.model_init_kwargs, loader=load_sequence_classifier
+            )
+        _check_scalar_head(model)
+        pad_token_id = ensure_pad_token(processing_class, model)
+        if args.disable_dropout:
+            disable_dropout(model)
+        self._length_policy = length_policy(args)
+        train_dataset = prepare_preference_dataset(
+            train_dataset, processing_class, **self._length_policy, what="train"
+        )
+        eval_dataset = prepare_preference_dataset(
+            eval_dataset, processing_class, **self._length_policy, what="eval"
+        )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator or PreferencePairCollator(pad_token_id),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            **trainer_kwargs,
+        )
+        self._forward_takes_use_cache = (
+            "use_cache" in inspect.signature(unwrap_model(self.model).forward).parameters
+        )
+        self._cost_model = _reward_cost_model(self.model, args.padding_free)
+
+    # ---- loss -------------------------------------------------------------------------------------------------
+
+    def count_loss_units(self, batch: dict[str, Any]) -> int:
+        """Pairs in a collated batch (its rows are chosen then rejected)."""
+        return int(batch["input_ids"].shape[0]) // 2
+
+    def pair_rewards(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`([B], [B])` rewards of the chosen and rejected sequences, from one forward pass over `[2B, T]`.
+
+        When the batch runs padding-free (one merged row), the score head's per-position outputs are read at each
+        row's last real token: the value the classifier pools from a padded row.
+        """
+        kwargs = {"use_cache": False} if self._forward_takes_use_cache else {}
+        mask = inputs["attention_mask"]
+        layout = plan_layout(mask, self._cost_model)
+        if not layout.merged:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=mask, **kwargs)
+            return outputs.logits[:, 0].chunk(2)
+        captured: dict[str, torch.Tensor] = {}
+        handle = _score_head(model).register_forward_hook(
+            lambda m, i, out: captured.setdefault("scores", out)
+        )
+        try:
+            model(**layout.model_inputs(inputs["input_ids"], mask), **kwargs)
+        finally:
+            handle.remove()
+        rows = torch.arange(mask.shape[0], device=mask.device)
+        rewards = layout.gather(captured["scores"], rows, mask.sum(dim=1) - 1)[:, 0]
+        return rewards.chunk(2)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        chosen, rejected = self.pair_rewards(model, inputs)
+        out = reward_loss(
+            chosen,
+            rejected,
+            margin=inputs.get("margin"),
+            center_rewards_coefficient=self.args.center_rewards_coefficient,
+            num_items=self.loss_divisor(inputs, num_items_in_batch),
+        )
+        self.record_metric("accuracy", out.accuracy)
+        self.record_metric("margin", out.margin)
+        self.record_metric("mean_reward", out.reward_mean)
+        self.record_metric("min_reward", out.reward_min)
+        self.record_metric("max_reward", out.reward_max)
+        if return_outputs:
+            return out.loss, {"rewards_chosen": chosen.detach(), "rewards_rejected": rejected.detach()}
+        return out.loss
+
+    # ---- evaluation -------------------------------------------------------------------------------------------
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Loss, and (unless ``prediction_loss_only``) logits `[B, 2]` = (r_chosen, r_rejected) with labels 0."""
+        inputs.pop(ROW_IDS_KEY, None)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, rewards = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        logits = torch.stack([rewards["rewards_chosen"], rewards["rewards_rejected"]], dim=1)
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return loss.detach(), logits, labels
+
+
+def _reward_cost_model(model: nn.Module, setting: bool | None) -> Any:
+    """Padding-free cost model for a classifier with a per-position score head (None: keep padded batches)."""
+    if setting is False:
+        return None
+    if _score_head(model) is not None:
+        return padding_free_cost_model(model, setting)
+    if setting:
+        raise ValueError(
+            "padding_free=True needs a per-position score head (`score`, as in LlamaForSequenceClassification); "
+            f"{type(unwrap_model(model)).__name__} has none: use padding_free=None or False."
+        )
+    return None
+
+
+def _score_head(model: nn.Module) -> nn.Module | None:
+    """The per-position score projection of a decoder classifier (None for e.g. BERT's pooled classifier)."""
+    head = getattr(unwrap_model(model), "score", None)
+    return head if isinstance(head, nn.Module) else None
+
+
+def _check_scalar_head(model: nn.Module) -> None:
+    config = getattr(model, "config", None)
+    num_labels = getattr(config, "num_labels", None)
+    if num_labels != 1:
+        raise ValueError(
+            f"RewardTrainer needs a sequence-classification model with num_labels=1 (one scalar reward), got "
+            f"{type(model).__name__} with num_labels={num_labels}: load it with "
+            "AutoModelForSequenceClassification.from_pretrained(name, num_labels=1)."
+        )

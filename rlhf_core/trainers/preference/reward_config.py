@@ -1,0 +1,74 @@
+"""RewardConfig: `TrainingArguments` plus what pairwise reward modelling needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+from rlhf_core.trainers.preference.data import check_length_policy
+
+__all__ = ["RewardConfig"]
+
+
+@dataclass
+class RewardConfig(ConfigDefaultsMixin, TrainingArguments):
+    """Configuration of `RewardTrainer` (every `TrainingArguments` field, with CPU-safe defaults, plus these).
+
+    Length policy (`max_length`, `max_prompt_length`, `overlong`), applied by the foundation's
+    `tokenize_preference`: with ``overlong="truncate"`` (default) a pair whose prompt + longer completion exceeds
+    `max_length` tokens keeps the end of its prompt (the turns nearest the answer, and its leading bos), the prompt
+    giving up tokens first down to half of `max_length` (or to `max_prompt_length` when set), then both
+    completions keep their start. With ``overlong="drop"`` the pair is removed. The counts are logged. A reward
+    model scores the whole sequence, so when chosen and rejected differ near their ends, prefer ``"drop"`` or a
+    larger `max_length`.
+    """
+
+    max_length: int | None = field(
+        default=1024,
+        metadata={"help": "Maximum tokens of prompt + completion per sequence (None: no limit)."},
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Maximum prompt tokens (kept from the end) when truncating; None: only max_length."
+        },
+    )
+    overlong: str = field(
+        default="truncate",
+        metadata={
+            "help": "What to do with pairs longer than max_length: 'truncate' or 'drop' (counted in logs)."
+        },
+    )
+    padding_free: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run each batch's chosen + rejected rows as one row without padding when that computes less. "
+            "None (default): where the model supports it (checked at start); False: never."
+        },
+    )
+    center_rewards_coefficient: float | None = field(
+        default=None,
+        metadata={
+            "help": "Coefficient of the (r_chosen + r_rejected)^2 penalty that keeps rewards centred on zero "
+            "(arXiv:2312.09244). None or 0 turns it off."
+        },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Set every dropout probability of the model to 0 (pairs are scored deterministically)."
+        },
+    )
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Processes used to tokenize the datasets (None: the main process)."}
+    )
+    model_init_kwargs: dict | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for from_pretrained when the model is given as a name or path."},
+    )
+
+    def __post_init__(self) -> None:
+        check_length_policy(self.max_length, self.max_prompt_length, self.overlong)
+        super().__post_init__()

@@ -1,0 +1,1 @@
+"""SFT: SFTTrainer, SFTConfig, their data preparation, padding-free batches and token statistics."""

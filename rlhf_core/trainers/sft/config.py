@@ -1,0 +1,126 @@
+"""SFTConfig: `transformers.TrainingArguments` plus the supervised fine-tuning options (TRL's names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+
+__all__ = ["SFTConfig"]
+
+_OVERLONG = ("truncate", "drop")
+_PACKING_STRATEGIES = ("bfd",)
+
+
+@dataclass
+class SFTConfig(ConfigDefaultsMixin, TrainingArguments):
+    """Configuration of `SFTTrainer`.
+
+    Besides every `TrainingArguments` field (with the CPU-safe defaults of `ConfigDefaultsMixin`):
+
+    - data: ``dataset_text_field`` ("text"), ``max_length`` (1024; ``max_seq_length`` is accepted as an alias),
+      ``overlong`` ("truncate" keeps the start of a too-long row, "drop" removes it; both are counted and logged),
+      ``completion_only_loss`` (True: loss on the completion of prompt-completion rows), ``assistant_only_loss``
+      (True: loss on the assistant turns of conversations), ``dataset_num_proc``,
+      ``dataset_kwargs={"skip_prepare_dataset": True}`` for data that is already tokenised.
+    - packing: ``packing`` (False), ``packing_strategy`` ("bfd", best-fit decreasing: whole documents, never split),
+      ``eval_packing`` (None = same as ``packing``). Position ids restart per document and no document attends
+      to another. ``padding_free`` (None = auto): the rows of a micro-batch are concatenated into one row instead
+      of being padded whenever that computes less (see `rlhf_core.trainers.sft.padding_free`); losses are
+      unchanged.
+    - loss: ``use_fused_loss`` (True: log-probs straight from the last hidden state and the LM-head weight through
+      `rlhf_core.kernels.fused_linear_logprobs`, never building [tokens, vocab] logits; False: plain logits),
+      ``fused_chunk_size`` (None = the kernel's default), ``token_accuracy_every_step`` (False: the mean token
+      accuracy, which needs an argmax over the vocabulary, is measured on the steps that log and at evaluation).
+    - model: ``model_init_kwargs`` passed to ``from_pretrained`` when the model is given by name.
+    """
+
+    learning_rate: float = field(
+        default=2e-5, metadata={"help": "Initial AdamW learning rate (TRL's SFT default)."}
+    )
+    model_init_kwargs: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for from_pretrained when the model is a name/path."},
+    )
+    dataset_text_field: str = field(
+        default="text", metadata={"help": "Column holding the text (language modelling)."}
+    )
+    dataset_kwargs: dict[str, Any] | None = field(
+        default=None, metadata={"help": 'Dataset preparation options: {"skip_prepare_dataset": True}.'}
+    )
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Processes used to tokenise the dataset."}
+    )
+    max_length: int | None = field(
+        default=1024,
+        metadata={"help": "Maximum tokens per row (per packed row when packing). None = no limit."},
+    )
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Alias of max_length (older TRL name)."}
+    )
+    overlong: str = field(
+        default="truncate", metadata={"help": "Rows over max_length: 'truncate' or 'drop'."}
+    )
+    completion_only_loss: bool | None = field(
+        default=None, metadata={"help": "Loss on completions only for prompt-completion data (None = True)."}
+    )
+    assistant_only_loss: bool = field(
+        default=True,
+        metadata={"help": "Loss on assistant turns only for conversational data (needs a chat template)."},
+    )
+    packing: bool = field(
+        default=False, metadata={"help": "Pack several documents per row (best-fit decreasing)."}
+    )
+    packing_strategy: str = field(default="bfd", metadata={"help": "Packing strategy: 'bfd'."})
+    eval_packing: bool | None = field(
+        default=None, metadata={"help": "Pack the eval set (None = same as packing)."}
+    )
+    padding_free: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Concatenate a micro-batch's rows into one row (position ids restart per row, no attention "
+            "across rows) instead of padding them. None = whenever it computes less and the model reads packed "
+            "position ids; True = always; False = never."
+        },
+    )
+    use_fused_loss: bool = field(
+        default=True,
+        metadata={"help": "Compute the loss with the fused linear+log-prob kernel (no full logits)."},
+    )
+    fused_chunk_size: int | None = field(
+        default=None, metadata={"help": "Rows per chunk in the fused kernel."}
+    )
+    token_accuracy_every_step: bool = field(
+        default=False,
+        metadata={"help": "Measure mean_token_accuracy on every step (costs an extra vocab pass)."},
+    )
+
+    def __post_init__(self) -> None:
+        self._resolve_max_length()
+        if self.overlong not in _OVERLONG:
+            raise ValueError(f"SFTConfig.overlong must be one of {_OVERLONG}, got {self.overlong!r}")
+        if self.packing_strategy not in _PACKING_STRATEGIES:
+            raise ValueError(
+                f"SFTConfig.packing_strategy must be one of {_PACKING_STRATEGIES}, got {self.packing_strategy!r}"
+            )
+        if self.packing and self.max_length is None:
+            raise ValueError("packing=True needs max_length (the length of a packed row)")
+        if self.eval_packing is None:
+            self.eval_packing = self.packing
+        if self.completion_only_loss is None:
+            self.completion_only_loss = True
+        super().__post_init__()
+
+    def _resolve_max_length(self) -> None:
+        if self.max_seq_length is None:
+            return
+        default = type(self).__dataclass_fields__["max_length"].default
+        if self.max_length not in (default, self.max_seq_length):
+            raise ValueError(
+                f"max_seq_length={self.max_seq_length} and max_length={self.max_length} disagree; max_seq_length is "
+                "an alias of max_length: pass one."
+            )
+        self.max_length = self.max_seq_length

@@ -1,0 +1,289 @@
+"""The pipeline's Prefect tasks, one per stage: prepare data, train SFT / reward / DPO / PPO, evaluate, register.
+
+Each returns paths, digests and run ids (pydantic models), never models or tensors. Training stages are cached on
+their digest (config + data digest + upstream digests; see `tasks.digests`) and retried once on infrastructure
+errors (never on a configuration, data or non-finite-loss error: retrying would fail the same way). Each opens
+its own MLflow run under the pipeline's parent run, whose id it receives explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.config import EvaluationSettings, PipelineConfig, ScaleOutSettings
+from tasks.digests import digest_of
+from tasks.evaluation import evaluate_policies, sample_rows
+from tasks.model_registry import choose_policy, register_policy
+from tasks.plan import PipelinePlan, StagePlan
+from tasks.prepare import load_prompts, materialise_data
+from tasks.results import (
+    EvaluationResult,
+    PreparedData,
+    PreparedDataset,
+    RegistrationResult,
+    StageResult,
+    TrainOutcome,
+)
+from tasks.tracking import runs as tracking
+from tasks.training.launch import train_stage
+from tasks.training.run import resolve_trainer_config
+
+__all__ = [
+    "StageJob",
+    "TRAINING_TASKS",
+    "evaluate",
+    "prepare_data",
+    "register",
+    "train_dpo",
+    "train_ppo",
+    "train_reward",
+    "train_sft",
+]
+
+
+class StageJob(BaseModel):
+    """The input of one training-stage task."""
+
+    plan: StagePlan
+    parent_run_id: str
+    output_dir: str
+    eval_prompts: str
+    evaluation: EvaluationSettings
+    scale_out: ScaleOutSettings
+    datasets: list[PreparedDataset]
+    sample_reward_model: str | None = None
+    log_models: bool = True
+    refresh: bool = False
+
+
+def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    job: StageJob = parameters["job"]
+    # The folder is part of the key: the same digest under another output_dir is another checkpoint.
+    return f"rlhf-{job.plan.stage}-{job.plan.digest}-{digest_of(job.output_dir)[:12]}"
+
+
+def _retry_condition(task_obj: Any, task_run: Any, state: Any) -> bool:
+    from rlhf_core.trainers.base import NonFiniteLossError
+
+    try:
+        state.result()
+    except (ValueError, TypeError, KeyError, NonFiniteLossError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _stage_lock(stage_dir: Path) -> Iterator[None]:
+    """One writer per stage folder: a second pipeline run with the same digest waits, then reuses the result."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        yield
+        return
+    with open(stage_dir / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _finished_outcome(plan: StagePlan) -> TrainOutcome | None:
+    spec = plan.spec
+    if spec.outcome_file.is_file() and (spec.final_dir / "config.json").is_file():
+        return TrainOutcome.model_validate_json(spec.outcome_file.read_text())
+    return None
+
+
+def _log_stage_inputs(job: StageJob) -> None:
+    spec = job.plan.spec
+    config = resolve_trainer_config(spec).to_dict()
+    tracking.log_dict(
+        {
+            "stage": spec.stage,
+            "digest": job.plan.digest,
+            "model": spec.model,
+            "lora": spec.lora,
+            "reward": spec.reward,
+            "reward_model": spec.reward_model,
+            "data": {
+                d.role: {"digest": d.digest, "rows": d.num_rows, "source": d.description}
+                for d in job.datasets
+            },
+            "trainer_config": config,
+        },
+        "stage_config.json",
+    )
+    for prepared in job.datasets:
+        tracking.log_dataset(prepared.path, name=prepared.role, digest=prepared.digest, context="training")
+
+
+def _samples(job: StageJob, policy: str, reward_model: str | None, name: str) -> float:
+    start = time.perf_counter()
+    rows = sample_rows(
+        policy,
+        load_prompts(job.eval_prompts, job.evaluation.num_samples),
+        job.evaluation,
+        reward_model=reward_model,
+    )
+    tracking.log_samples(rows, name)
+    return time.perf_counter() - start
+
+
+def run_training_job(job: StageJob) -> StageResult:
+    """Open the stage's run, log inputs and 'before' samples, train (or reuse), log model and 'after' samples."""
+    wall = time.perf_counter()
+    plan, spec = job.plan, job.plan.spec
+    is_reward = spec.stage == "reward"
+    with (
+        _stage_lock(Path(spec.stage_dir)),
+        tracking.stage_run(job.parent_run_id, spec.stage, tags={"rlhf.digest": plan.digest}) as run_id,
+    ):
+        _log_stage_inputs(job)
+        work = _samples(job, plan.input_policy, job.sample_reward_model, "before")
+        outcome = None if job.refresh else _finished_outcome(plan)
+        if outcome is not None:
+            tracking.set_tags(run_id, {"rlhf.reused_checkpoint": outcome.final_dir})
+        else:
+            start = time.perf_counter()
+            spec = spec.model_copy(
+                update={"mlflow_run_id": run_id, "tracking_uri": tracking.configure_tracking()}
+            )
+            outcome = train_stage(spec, job.scale_out)
+            work += time.perf_counter() - start
+        model_uri = None
+        if job.log_models:
+            model_uri = tracking.log_checkpoint_model(
+                outcome.final_dir,
+                kind="reward" if is_reward else "policy",
+                max_new_tokens=job.evaluation.max_new_tokens,
+            )
+        after_policy = plan.input_policy if is_reward else outcome.final_dir
+        after_rm = outcome.final_dir if is_reward else job.sample_reward_model
+        work += _samples(job, after_policy, after_rm, "after")
+        tracking.log_metrics(
+            run_id, {"stage_train_seconds": outcome.train_seconds, "stage_work_seconds": work}
+        )
+    return StageResult(
+        stage=spec.stage,
+        digest=plan.digest,
+        model_dir=outcome.final_dir,
+        run_id=run_id,
+        parent_run_id=job.parent_run_id,
+        model_uri=model_uri,
+        train_seconds=outcome.train_seconds,
+        work_seconds=work,
+        wall_seconds=time.perf_counter() - wall,
+        global_step=outcome.global_step,
+        resumed_from=outcome.resumed_from,
+        metrics=outcome.metrics,
+    )
+
+
+def _training_task(stage: str):
+    def body(job: StageJob) -> StageResult:
+        if job.plan.stage != stage:
+            raise ValueError(f"train-{stage} got a job for stage {job.plan.stage!r}")
+        return run_training_job(job)
+
+    body.__name__ = body.__qualname__ = f"train_{stage}"
+    return task(
+        name=f"train-{stage}",
+        cache_key_fn=_cache_key,
+        persist_result=True,
+        retries=1,
+        retry_delay_seconds=2,
+        retry_condition_fn=_retry_condition,
+        timeout_seconds=3600,
+        task_run_name=f"train-{stage}",
+    )(body)
+
+
+train_sft = _training_task("sft")
+train_reward = _training_task("reward")
+train_dpo = _training_task("dpo")
+train_ppo = _training_task("ppo")
+TRAINING_TASKS = {"sft": train_sft, "reward": train_reward, "dpo": train_dpo, "ppo": train_ppo}
+
+
+@task(name="prepare-data", retries=1, retry_condition_fn=_retry_condition, timeout_seconds=1800)
+def prepare_data(config: PipelineConfig, parent_run_id: str) -> PreparedData:
+    """Validate and save every data role the enabled stages read; log each as an MLflow dataset input."""
+    with tracking.stage_run(parent_run_id, "prepare_data"):
+        prepared = materialise_data(config)
+        for item in prepared.datasets.values():
+            tracking.log_dataset(item.path, name=item.role, digest=item.digest, context=item.role)
+    return prepared
+
+
+@task(name="evaluate", retries=1, retry_condition_fn=_retry_condition, timeout_seconds=3600)
+def evaluate(
+    plan: PipelinePlan, eval_prompts: str, settings: EvaluationSettings, parent_run_id: str
+) -> EvaluationResult:
+    """Judge, reward-model score, win rate vs SFT and KL to the reference for every policy, on held-out prompts;
+    metrics go to the parent run (``<policy>_<metric>``) so pipeline runs compare side by side."""
+    wall = time.perf_counter()
+    with tracking.stage_run(parent_run_id, "evaluate") as run_id:
+        metrics, rows, work = evaluate_policies(
+            plan.policies(),
+            load_prompts(eval_prompts),
+            settings,
+            reference=plan.reference,
+            reward_model=plan.reward_model,
+        )
+        tracking.log_samples(rows, "evaluation")
+        flat = {
+            f"{name}_{k}": v
+            for name, m in metrics.items()
+            for k, v in m.model_dump().items()
+            if v is not None
+        }
+        tracking.log_metrics(run_id, flat)
+        tracking.log_metrics(parent_run_id, flat)
+    return EvaluationResult(
+        policies=metrics,
+        run_id=run_id,
+        reference=plan.reference,
+        work_seconds=work,
+        wall_seconds=time.perf_counter() - wall,
+    )
+
+
+@task(name="register", retries=1, retry_condition_fn=_retry_condition, timeout_seconds=600)
+def register(
+    config: PipelineConfig, results: dict[str, StageResult], evaluation: EvaluationResult, parent_run_id: str
+) -> RegistrationResult | None:
+    """Register the final policy; the `champion` alias moves only when it beats the champion (config rule)."""
+    rule = config.tracking.champion
+    chosen = config.tracking.register_policy
+    candidates = [s for s in ("dpo", "ppo") if s in results] if chosen == "best" else [chosen]
+    if not candidates or results[candidates[0]].model_uri is None:
+        return None
+    policy = choose_policy(evaluation.policies, candidates, rule)
+    result = register_policy(
+        results[policy].model_uri,
+        name=config.tracking.registered_model_name,
+        policy=policy,
+        metrics=evaluation.policies[policy],
+        rule=rule,
+        tags={"pipeline_run_id": parent_run_id, "stage_digest": results[policy].digest},
+    )
+    tracking.set_tags(
+        parent_run_id,
+        {
+            "rlhf.registered_version": result.version,
+            "rlhf.registered_policy": policy,
+            "rlhf.champion_moved": result.champion_moved,
+        },
+    )
+    return result

@@ -1,0 +1,45 @@
+"""Entry point of one training stage under ``accelerate launch``: ``python -m tasks.training.entry SPEC.json``.
+
+Every process trains; rank 0 alone re-attaches to the stage's MLflow run (so the trainer's MLflow callback,
+which only logs on the main process, writes each metric once) and writes ``outcome.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from tasks.training.run import StageSpec, run_stage_training
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tasks.training.entry SPEC.json", file=sys.stderr)
+        return 2
+    spec = StageSpec.model_validate_json(Path(argv[0]).read_text())
+    with contextlib.ExitStack() as stack:
+        if _rank() == 0 and spec.mlflow_run_id:
+            import mlflow
+
+            from tasks.tracking.runs import callback_environment
+
+            if spec.tracking_uri:
+                mlflow.set_tracking_uri(spec.tracking_uri)
+            stack.enter_context(callback_environment())
+            stack.enter_context(mlflow.start_run(run_id=spec.mlflow_run_id))
+            # Leaving the run marks it FINISHED (FAILED on an error); the pipeline's process then logs the model
+            # and samples into it and sets the stage's final status itself.
+            stack.callback(mlflow.flush_async_logging)
+        run_stage_training(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Train one stage from a `StageSpec`: build the trainer config and the trainer, resume, train, save.
+
+The same function runs in the pipeline's process or, under `accelerate launch`, in every worker process
+(`tasks.training.entry`); the spec is plain JSON so it crosses that process boundary. No MLflow call here: the
+trainer's MLflow callback logs into whichever run is active (the stage run, on rank 0 only).
+
+Folder of a stage (named by its digest): ``checkpoints/`` (the Trainer's ``output_dir``; a crashed run resumes
+from its last ``checkpoint-N``), ``final/`` (the saved model, renamed into place only when complete),
+``outcome.json`` (what `run_stage_training` returns).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.config.stages import build_trainer_config
+from tasks.results import TrainOutcome
+
+__all__ = ["TRAINER_BUILDERS", "StageSpec", "resolve_trainer_config", "run_stage_training"]
+
+logger = logging.getLogger(__name__)
+
+
+class StageSpec(BaseModel):
+    """Everything one training stage needs, as plain data."""
+
+    stage: Literal["sft", "reward", "dpo", "ppo"]
+    model: str = Field(description="Starting weights: the policy (sft/dpo/ppo) or the reward backbone.")
+    train_data: str = Field(
+        description="Dataset folder (datasets.save_to_disk) of the stage's training rows."
+    )
+    stage_dir: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    lora: dict[str, Any] | None = None
+    seed: int = 0
+    resume: bool = True
+    reward_model: str | None = Field(
+        None, description="PPO: the reward model folder (None with reward='judge')."
+    )
+    reward: Literal["reward_model", "judge"] = "reward_model"
+    mlflow_run_id: str | None = Field(
+        None, description="Run that rank 0 re-attaches to under accelerate launch."
+    )
+    tracking_uri: str | None = None
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return Path(self.stage_dir) / "checkpoints"
+
+    @property
+    def final_dir(self) -> Path:
+        return Path(self.stage_dir) / "final"
+
+    @property
+    def outcome_file(self) -> Path:
+        return Path(self.stage_dir) / "outcome.json"
+
+
+def resolve_trainer_config(spec: StageSpec) -> Any:
+    """The stage's trainer config: user args + what the pipeline owns (output dir, seed, MLflow reporting)."""
+    report_to = spec.args.get("report_to", "none")
+    report_to = (
+        [] if report_to in (None, "none") else [report_to] if isinstance(report_to, str) else list(report_to)
+    )
+    overrides = {"report_to": sorted({*report_to, "mlflow"}), "seed": spec.args.get("seed", spec.seed)}
+    if "run_name" not in spec.args:
+        overrides["run_name"] = spec.stage
+    return build_trainer_config(spec.stage, spec.args, output_dir=str(spec.checkpoints_dir), **overrides)
+
+
+def _peft_config(spec: StageSpec) -> Any:
+    if spec.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(**spec.lora)
+
+
+def _load(path: str) -> Any:
+    from datasets import load_from_disk
+
+    return load_from_disk(path)
+
+
+def _build_sft(spec: StageSpec, args: Any) -> Any:
+    from rlhf_core.trainers.sft.trainer import SFTTrainer
+
+    return SFTTrainer(
+        model=spec.model, args=args, train_dataset=_load(spec.train_data), peft_config=_peft_config(spec)
+    )
+
+
+def _build_reward(spec: StageSpec, args: Any) -> Any:
+    from rlhf_core.trainers.preference.reward import RewardTrainer
+
+    return RewardTrainer(
+        model=spec.model, args=args, train_dataset=_load(spec.train_data), peft_config=_peft_config(spec)
+    )
+
+
+def _build_dpo(spec: StageSpec, args: Any) -> Any:
+    from rlhf_core.trainers.preference.dpo import DPOTrainer
+
+    # ref_model=None: a frozen copy of the starting policy (the SFT model) is the reference.
+    return DPOTrainer(
+        model=spec.model,
+        ref_model=None,
+        args=args,
+        train_dataset=_load(spec.train_data),
+        peft_config=_peft_config(spec),
+    )
+
+
+def _build_ppo(spec: StageSpec, args: Any) -> Any:
+    from rlhf_core.trainers.ppo.trainer import PPOTrainer
+
+    scoring: dict[str, Any]
+    if spec.reward == "judge":
+        from rlhf_core.data.synthetic import judge_responses
+
+        scoring = {"reward_fn": judge_responses}
+    else:
+        from rlhf_core.models.loading import load_sequence_classifier
+
+        scoring = {"reward_model": load_sequence_classifier(spec.reward_model, num_labels=1)}
+    return PPOTrainer(
+        args=args,
+        model=spec.model,
+        ref_model=None,
+        train_dataset=_load(spec.train_data),
+        peft_config=_peft_config(spec),
+        **scoring,
+    )
+
+
+# Stage name -> builder(spec, trainer_config) -> a trainer with train() and save_model(path).
+TRAINER_BUILDERS: dict[str, Callable[[StageSpec, Any], Any]] = {
+    "sft": _build_sft,
+    "reward": _build_reward,
+    "dpo": _build_dpo,
+    "ppo": _build_ppo,
+}
+
+
+def _last_checkpoint(spec: StageSpec) -> str | None:
+    if not spec.resume or not spec.checkpoints_dir.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(spec.checkpoints_dir))
+
+
+def run_stage_training(spec: StageSpec) -> TrainOutcome:
+    """Train ``spec.stage`` (resuming from its last checkpoint when one exists) and save the final model."""
+    args = resolve_trainer_config(spec)
+    staging = (
+        Path(spec.stage_dir) / ".final.partial"
+    )  # one name for every rank: save_model runs on all of them
+    if args.process_index == 0:
+        shutil.rmtree(staging, ignore_errors=True)  # a crashed run's half-saved model
+    trainer = TRAINER_BUILDERS[spec.stage](spec, args)
+    _log_synchronously(trainer)
+    resume = _last_checkpoint(spec)
+    if resume:
+        logger.info("%s: resuming from %s", spec.stage, resume)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - start
+    trainer.save_model(str(staging))
+    outcome = TrainOutcome(
+        final_dir=str(spec.final_dir.resolve()),
+        train_seconds=train_seconds,
+        global_step=int(trainer.state.global_step),
+        num_processes=int(args.world_size),
+        resumed_from=resume,
+        metrics=_final_metrics(trainer, result),
+    )
+    if trainer.is_world_process_zero():
+        _save_tokenizer(trainer, staging)
+        shutil.rmtree(spec.final_dir, ignore_errors=True)
+        os.replace(staging, spec.final_dir)
+        spec.outcome_file.write_text(outcome.model_dump_json(indent=2))
+    return outcome
+
+
+def _log_synchronously(trainer: Any) -> None:
+    """Swap the MLflow callback that ``report_to=["mlflow"]`` installed for its synchronous variant."""
+    from transformers.integrations import MLflowCallback
+
+    if any(isinstance(cb, MLflowCallback) for cb in trainer.callback_handler.callbacks):
+        from tasks.tracking.runs import synchronous_mlflow_callback
+
+        trainer.callback_handler.pop_callback(MLflowCallback)
+        trainer.add_callback(synchronous_mlflow_callback())
+
+
+def _save_tokenizer(trainer: Any, folder: Path) -> None:
+    tokenizer = getattr(trainer, "processing_class", None)
+    if tokenizer is not None and not (folder / "tokenizer_config.json").is_file():
+        tokenizer.save_pretrained(str(folder))
+
+
+def _final_metrics(trainer: Any, result: Any) -> dict[str, float]:
+    """The last logged value of every numeric metric, plus train_runtime/train_loss from train()."""
+    metrics: dict[str, float] = {}
+    for entry in getattr(trainer.state, "log_history", []):
+        metrics.update({k: float(v) for k, v in entry.items() if isinstance(v, int | float) and k != "step"})
+    for key, value in (getattr(result, "metrics", None) or {}).items():
+        if isinstance(value, int | float):
+            metrics[key] = float(value)
+    return metrics
