@@ -1,4 +1,4 @@
-"""Triton kernels for the row-wise part of the fused ops (imported only by ``triton_logprobs``).
+"""Triton kernels for the row-wise part of the fused ops (imported only by ``_triton_row_softmax``).
 
 This module imports triton at the top, so import it only once triton is known to be available.
 Whether the kernels run compiled (CUDA) or in the interpreter (``TRITON_INTERPRET=1``, CPU tensors)

@@ -5,7 +5,8 @@ Triton: one kernel computes each row's online logsumexp, target log-prob and ent
 another turns a recomputed chunk of logits into its softmax in place from the saved logsumexp (no
 reduction in backward). ``TritonRowSoftmax`` plugs into the chunk driver and autograd functions
 shared with the torch backend (``chunked.py``), so both paths have the same gradient algebra and
-memory profile; ``rlhf_core.kernels.fused_linear_*`` pick it on CUDA.
+memory profile; ``rlhf_core.kernels.fused_linear_*`` pick it on CUDA (``backend="triton"``, or a
+``TritonRowSoftmax(block_v=...)`` instance as ``backend=``). This module never imports the dispatcher.
 
 triton is imported lazily: this module imports fine without triton and without CUDA. The kernels run
 on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before they were first loaded
@@ -18,17 +19,16 @@ import functools
 import importlib
 import os
 from types import ModuleType
-from typing import Any
 
 import torch
+
+from rlhf_core.kernels.row_softmax import RowStats
 
 __all__ = [
     "TritonRowSoftmax",
     "check_triton_device",
     "interpreter_enabled",
     "triton_available",
-    "triton_linear_cross_entropy",
-    "triton_linear_logprobs",
 ]
 
 # Wide enough to stream a row in few iterations, small enough to stay in registers at 8 warps.
@@ -75,27 +75,24 @@ class TritonRowSoftmax:
         return self._block_v or min(MAX_BLOCK_V, _next_power_of_two(vocab))
 
     def log_softmax_stats(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        logp_out: torch.Tensor,
-        lse_out: torch.Tensor,
-        entropy_out: torch.Tensor | None,
+        self, logits: torch.Tensor, targets: torch.Tensor, out: RowStats, *, keep_softmax: bool = False
     ) -> None:
         rows, vocab = logits.shape
-        with_entropy = entropy_out is not None
+        with_entropy = out.entropy is not None
         self._k.log_softmax_stats_kernel[(rows,)](
             logits,
             logits.stride(0),
             targets,
-            logp_out,
-            lse_out,
-            entropy_out if with_entropy else lse_out,
+            out.logp,
+            out.lse,
+            out.entropy if with_entropy else out.lse,
             vocab,
             BLOCK_V=self._block(vocab),
             WITH_ENTROPY=with_entropy,
             num_warps=NUM_WARPS,
         )
+        if keep_softmax:
+            self.softmax_(logits, out.lse)
 
     def softmax_(self, logits: torch.Tensor, lse: torch.Tensor) -> None:
         rows, vocab = logits.shape
@@ -105,17 +102,6 @@ class TritonRowSoftmax:
             logits, logits.stride(0), lse, vocab, BLOCK_V=block, num_warps=NUM_WARPS
         )
 
-    def log_softmax_stats_and_softmax_(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        logp_out: torch.Tensor,
-        lse_out: torch.Tensor,
-        entropy_out: torch.Tensor | None,
-    ) -> None:
-        self.log_softmax_stats(logits, targets, logp_out, lse_out, entropy_out)
-        self.softmax_(logits, lse_out)
-
 
 def check_triton_device(hidden: torch.Tensor) -> None:
     """Triton kernels need CUDA tensors, except in interpreter mode (CPU tensors, for tests)."""
@@ -124,38 +110,4 @@ def check_triton_device(hidden: torch.Tensor) -> None:
     raise ValueError(
         f"the Triton backend runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got device "
         f"{hidden.device}. Use backend='torch' (the chunked torch implementation) here."
-    )
-
-
-def triton_linear_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    block_v: int | None = None,
-    **kwargs: Any,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """``fused_linear_logprobs`` forced onto the Triton backend (``block_v``: slice width of the row kernels)."""
-    from rlhf_core.kernels.dispatch import fused_linear_logprobs
-
-    check_triton_device(hidden)
-    return fused_linear_logprobs(hidden, weight, labels, bias, backend=TritonRowSoftmax(block_v), **kwargs)
-
-
-def triton_linear_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    block_v: int | None = None,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """``fused_linear_cross_entropy`` forced onto the Triton backend."""
-    from rlhf_core.kernels.dispatch import fused_linear_cross_entropy
-
-    check_triton_device(hidden)
-    return fused_linear_cross_entropy(
-        hidden, weight, labels, bias, backend=TritonRowSoftmax(block_v), **kwargs
     )

@@ -28,14 +28,12 @@ from collections.abc import Iterator
 
 import torch
 
-from rlhf_core.kernels.row_softmax import RowSoftmaxOps, TorchRowSoftmax
+from rlhf_core.kernels.row_softmax import RowSoftmaxOps, RowStats
 
 __all__ = [
     "LinearCrossEntropyFunction",
     "LinearLogprobsFunction",
     "accumulation_dtype",
-    "chunked_linear_cross_entropy",
-    "chunked_linear_logprobs",
     "default_chunk_size",
     "grad_needs",
 ]
@@ -194,7 +192,7 @@ def _accumulate_chunk_grads(
     probs: torch.Tensor,
     h_c: torch.Tensor,
     targets: torch.Tensor,
-    coef: torch.Tensor,
+    coef: torch.Tensor | float,
     weight: torch.Tensor,
     rows: _TokenRows,
     start: int,
@@ -202,17 +200,22 @@ def _accumulate_chunk_grads(
 ) -> None:
     """Add the gradient of ``sum_i coef_i * T * logp_i`` for one chunk; ``probs`` is the chunk's softmax.
 
-    ``coef [C]`` is ``upstream_grad / T`` in ``probs.dtype``. ``probs`` is overwritten with ``softmax - onehot``.
+    ``coef`` is ``upstream_grad / T``: ``[C]`` in ``probs.dtype``, or one number for every row (the
+    cross-entropy's), which rides on the GEMMs' alpha. ``probs`` is overwritten with ``softmax - onehot``.
     """
     _subtract_onehot_(probs, targets)
-    coef_col = coef.unsqueeze(1)
+    per_row = isinstance(coef, torch.Tensor)
+    row_scale = coef.unsqueeze(1) if per_row else coef
     if grads.hidden is not None:
-        rows.write_rows(grads.hidden, start, end, _hidden_direction(probs, weight).mul_(coef_col))
+        rows.write_rows(grads.hidden, start, end, _hidden_direction(probs, weight).mul_(row_scale))
     if grads.weight is not None:
-        scaled_h = h_c.to(probs.dtype) * coef_col
-        grads.weight.addmm_(probs.t(), scaled_h, alpha=-1.0)
+        operand = h_c.to(probs.dtype) * row_scale if per_row else h_c.to(probs.dtype)
+        grads.weight.addmm_(probs.t(), operand, alpha=-1.0 if per_row else -coef)
     if grads.bias is not None:
-        grads.bias.addmv_(probs.t(), coef, alpha=-1.0)
+        if per_row:
+            grads.bias.addmv_(probs.t(), coef, alpha=-1.0)
+        else:
+            grads.bias.add_(probs.sum(0), alpha=-coef)
 
 
 def grad_needs(
@@ -256,19 +259,11 @@ class LinearLogprobsFunction(torch.autograd.Function):
         eager = needs == (True, False, False)
         direction = logp.new_empty((len(rows), hidden.shape[1])) if eager else None
         for start, end, _, targets, logits in _chunks(rows, hidden, weight, bias, inv_t, chunk_size):
-            stats = (
-                logits,
-                targets,
-                logp[start:end],
-                lse[start:end],
-                None if entropy is None else entropy[start:end],
-            )
-            if direction is None:
-                ops.log_softmax_stats(*stats)
-                continue
-            ops.log_softmax_stats_and_softmax_(*stats)
-            _subtract_onehot_(logits, targets)
-            direction[start:end] = _hidden_direction(logits, weight)
+            out = RowStats(logp[start:end], lse[start:end], None if entropy is None else entropy[start:end])
+            ops.log_softmax_stats(logits, targets, out, keep_softmax=direction is not None)
+            if direction is not None:
+                _subtract_onehot_(logits, targets)
+                direction[start:end] = _hidden_direction(logits, weight)
         ctx.save_for_backward(hidden, weight, bias, lse, rows.index, rows.targets, direction)
         ctx.inv_t, ctx.chunk_size, ctx.ops, ctx.n_total = inv_t, chunk_size, ops, labels.shape[0]
         entropy_out = rows.scatter(entropy) if entropy is not None else logp.new_empty(0)
@@ -322,13 +317,11 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         logp = hidden.new_empty(n, dtype=accumulation_dtype(hidden.dtype))
         lse = torch.empty_like(logp)
         for start, end, h_c, targets, logits in _chunks(rows, hidden, weight, bias, inv_t, chunk_size):
-            if grads is None:
-                ops.log_softmax_stats(logits, targets, logp[start:end], lse[start:end], None)
-                continue
-            ops.log_softmax_stats_and_softmax_(logits, targets, logp[start:end], lse[start:end], None)
-            # loss = -scale * sum(logp): upstream gradient of each logp is -scale.
-            coef = torch.full((end - start,), -scale * inv_t, dtype=logits.dtype, device=logits.device)
-            _accumulate_chunk_grads(grads, logits, h_c, targets, coef, weight, rows, start, end)
+            out = RowStats(logp[start:end], lse[start:end])
+            ops.log_softmax_stats(logits, targets, out, keep_softmax=grads is not None)
+            if grads is not None:
+                # loss = -scale * sum(logp): the upstream gradient of each logp is -scale.
+                _accumulate_chunk_grads(grads, logits, h_c, targets, -scale * inv_t, weight, rows, start, end)
         ctx.grads = None if grads is None else grads.results()
         return logp.sum().neg_() * scale
 
@@ -344,73 +337,3 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         if float(grad_loss) != 1.0:
             grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in grads)
         return (*grads, None, None, None, None, None, None, None)
-
-
-def chunked_linear_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    chunk_size: int | None = None,
-    ignore_index: int = -100,
-    temperature: float = 1.0,
-    return_entropy: bool = False,
-    ops: RowSoftmaxOps | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs ``[N]`` (fp32, 0 at ignored rows) of ``labels`` under ``softmax((hW^T + b) / T)``.
-
-    No input checks: call ``rlhf_core.kernels.fused_linear_logprobs`` unless you validated the inputs.
-    """
-    logp, entropy = LinearLogprobsFunction.apply(
-        hidden,
-        weight,
-        bias,
-        labels,
-        ignore_index,
-        temperature,
-        chunk_size,
-        return_entropy,
-        ops or TorchRowSoftmax(),
-        grad_needs(hidden, weight, bias),
-    )
-    return (logp, entropy) if return_entropy else logp
-
-
-def chunked_linear_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    chunk_size: int | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    temperature: float = 1.0,
-    ops: RowSoftmaxOps | None = None,
-) -> torch.Tensor:
-    """Token cross-entropy; ``reduction="none"`` is ``-logps`` through the recomputing log-prob function."""
-    ops = ops or TorchRowSoftmax()
-    if reduction == "none":
-        return -chunked_linear_logprobs(
-            hidden,
-            weight,
-            labels,
-            bias,
-            chunk_size=chunk_size,
-            ignore_index=ignore_index,
-            temperature=temperature,
-            ops=ops,
-        )
-    return LinearCrossEntropyFunction.apply(
-        hidden,
-        weight,
-        bias,
-        labels,
-        ignore_index,
-        temperature,
-        chunk_size,
-        reduction,
-        ops,
-        grad_needs(hidden, weight, bias),
-    )

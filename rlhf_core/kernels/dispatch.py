@@ -1,9 +1,11 @@
-"""The one entry point to the fused ops: checks the inputs, picks the backend, flattens leading dims,
-follows autocast.
+"""The public fused ops: check the inputs, pick the backend, flatten leading dims, follow autocast.
 
 Backend choice (``backend=None``): ``$RLHF_KERNEL_BACKEND`` if set, else ``"auto"``: Triton for CUDA
 tensors when triton imports, the chunked torch implementation otherwise. ``"torch"`` and ``"triton"``
-force one; a ``RowSoftmaxOps`` instance is used as given.
+force one; a ``RowSoftmaxOps`` instance is used as given (e.g. ``TritonRowSoftmax(block_v=32)``).
+
+Imports go one way: this module imports the chunk driver (``chunked``) and the private Triton backend
+(``_triton_row_softmax``, which imports triton only when used); neither imports this module.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import os
 
 import torch
 
-from rlhf_core.kernels.chunked import chunked_linear_cross_entropy, chunked_linear_logprobs
+from rlhf_core.kernels._triton_row_softmax import TritonRowSoftmax, check_triton_device, triton_available
+from rlhf_core.kernels.chunked import LinearCrossEntropyFunction, LinearLogprobsFunction, grad_needs
 from rlhf_core.kernels.input_checks import check_linear_inputs, check_reduction
 from rlhf_core.kernels.row_softmax import RowSoftmaxOps, TorchRowSoftmax
 
@@ -30,20 +33,15 @@ def select_backend(hidden: torch.Tensor, backend: str | None = None) -> str:
         raise ValueError(f"{source} must be one of {BACKENDS}; got {choice!r}")
     if choice != "auto":
         return choice
-    from rlhf_core.kernels._triton_row_softmax import triton_available
-
     return "triton" if hidden.is_cuda and triton_available() else "torch"
 
 
 def _row_ops(hidden: torch.Tensor, backend: str | RowSoftmaxOps | None) -> RowSoftmaxOps:
-    if backend is not None and not isinstance(backend, str):
-        return backend
-    if select_backend(hidden, backend) == "torch":
-        return TorchRowSoftmax()
-    from rlhf_core.kernels._triton_row_softmax import TritonRowSoftmax, check_triton_device
-
-    check_triton_device(hidden)
-    return TritonRowSoftmax()
+    if backend is None or isinstance(backend, str):
+        backend = TorchRowSoftmax() if select_backend(hidden, backend) == "torch" else TritonRowSoftmax()
+    if isinstance(backend, TritonRowSoftmax):
+        check_triton_device(hidden)
+    return backend
 
 
 def _autocast_inputs(
@@ -57,6 +55,24 @@ def _autocast_inputs(
     dtype = torch.get_autocast_dtype(device_type)
     cast = [t if t is None or not t.is_floating_point() else t.to(dtype) for t in (hidden, weight, bias)]
     return cast[0], cast[1], cast[2]
+
+
+def _apply(function: type[torch.autograd.Function], hidden, weight, labels, bias, options: dict, backend):
+    """Validate, then run ``function`` on the flattened ``[N, H]`` rows with autocast off.
+
+    ``options`` are the function's arguments after ``labels`` (``ignore_index``, ``temperature``,
+    ``chunk_size`` and the op's own flag), in its order.
+    """
+    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
+    check_linear_inputs(hidden, weight, labels, bias, **{k: options[k] for k in _CHECKED})
+    ops = _row_ops(hidden, backend)
+    needs = grad_needs(hidden, weight, bias)
+    with torch.autocast(hidden.device.type, enabled=False):
+        flat = (hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1))
+        return function.apply(*flat, *options.values(), ops, needs)
+
+
+_CHECKED = ("ignore_index", "chunk_size", "temperature")
 
 
 def fused_linear_logprobs(
@@ -80,33 +96,12 @@ def fused_linear_logprobs(
     V]`` fp32 chunk at a time; ``chunk_size=None`` picks one, see ``chunked.default_chunk_size``).
     ``temperature`` divides the logits, as PPO does for sampling-consistent log-probs.
     """
-    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
-    check_linear_inputs(
-        hidden,
-        weight,
-        labels,
-        bias,
-        ignore_index=ignore_index,
-        chunk_size=chunk_size,
-        temperature=temperature,
-    )
-    ops = _row_ops(hidden, backend)
-    with torch.autocast(hidden.device.type, enabled=False):
-        result = chunked_linear_logprobs(
-            hidden.reshape(-1, hidden.shape[-1]),
-            weight,
-            labels.reshape(-1),
-            bias,
-            chunk_size=chunk_size,
-            ignore_index=ignore_index,
-            temperature=float(temperature),
-            return_entropy=return_entropy,
-            ops=ops,
-        )
+    options = dict(ignore_index=ignore_index, temperature=temperature, chunk_size=chunk_size,
+                   return_entropy=return_entropy)  # fmt: skip
+    logps, entropy = _apply(LinearLogprobsFunction, hidden, weight, labels, bias, options, backend)
     if return_entropy:
-        logps, entropy = result
         return logps.view(labels.shape), entropy.view(labels.shape)
-    return result.view(labels.shape)
+    return logps.view(labels.shape)
 
 
 def fused_linear_cross_entropy(
@@ -125,31 +120,15 @@ def fused_linear_cross_entropy(
 
     Same shapes as ``fused_linear_logprobs``. ``reduction``: ``"mean"`` over the non-ignored tokens
     (nan when there are none, as ``F.cross_entropy``), ``"sum"``, or ``"none"`` (fp32 losses shaped like
-    ``labels``, 0 at ignored positions). ``mean``/``sum`` compute the gradients during the forward pass
-    (the upstream gradient is a scalar), so backward costs no recompute.
+    ``labels``, 0 at ignored positions, through the recomputing log-prob function). ``mean``/``sum``
+    compute the gradients during the forward pass (the upstream gradient is a scalar), so backward
+    costs no recompute.
     """
-    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
-    check_linear_inputs(
-        hidden,
-        weight,
-        labels,
-        bias,
-        ignore_index=ignore_index,
-        chunk_size=chunk_size,
-        temperature=temperature,
-    )
     check_reduction(reduction)
-    ops = _row_ops(hidden, backend)
-    with torch.autocast(hidden.device.type, enabled=False):
-        loss = chunked_linear_cross_entropy(
-            hidden.reshape(-1, hidden.shape[-1]),
-            weight,
-            labels.reshape(-1),
-            bias,
-            chunk_size=chunk_size,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            temperature=float(temperature),
-            ops=ops,
-        )
-    return loss.view(labels.shape) if reduction == "none" else loss
+    if reduction == "none":
+        logps = fused_linear_logprobs(hidden, weight, labels, bias, chunk_size=chunk_size,
+                                      ignore_index=ignore_index, temperature=temperature, backend=backend)  # fmt: skip
+        return -logps
+    options = dict(ignore_index=ignore_index, temperature=temperature, chunk_size=chunk_size,
+                   reduction=reduction)  # fmt: skip
+    return _apply(LinearCrossEntropyFunction, hidden, weight, labels, bias, options, backend)

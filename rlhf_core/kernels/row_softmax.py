@@ -2,48 +2,43 @@
 
 The chunk driver (``chunked.py``) owns the matmuls; per chunk it hands a ``[C, V]`` fp32 buffer of
 logits (already divided by the temperature) to a ``RowSoftmaxOps``. The torch implementation here
-runs anywhere; ``triton_logprobs.TritonRowSoftmax`` does the same with Triton kernels on CUDA.
+runs anywhere; ``_triton_row_softmax.TritonRowSoftmax`` does the same with Triton kernels on CUDA.
 
-Three operations suffice: the driver subtracts the one-hot itself (a C-element scatter) and folds the
+Two operations suffice: the driver subtracts the one-hot itself (a C-element scatter) and folds the
 per-row upstream gradient into ``[C, H]``-sized matmul operands, so the only full passes over a chunk
 are one log-softmax in the forward and one softmax in the backward.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-__all__ = ["RowSoftmaxOps", "TorchRowSoftmax"]
+__all__ = ["RowSoftmaxOps", "RowStats", "TorchRowSoftmax"]
+
+
+@dataclass
+class RowStats:
+    """Per-row outputs ``[C]`` (fp32) for one chunk: target log-prob, logsumexp, entropy (None: not wanted)."""
+
+    logp: torch.Tensor
+    lse: torch.Tensor
+    entropy: torch.Tensor | None = None
 
 
 class RowSoftmaxOps(Protocol):
     """Operations on a chunk ``logits [C, V]`` (fp32, contiguous) with ``targets [C]`` (long, all valid)."""
 
     def log_softmax_stats(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        logp_out: torch.Tensor,
-        lse_out: torch.Tensor,
-        entropy_out: torch.Tensor | None,
+        self, logits: torch.Tensor, targets: torch.Tensor, out: RowStats, *, keep_softmax: bool = False
     ) -> None:
-        """Write ``log softmax(logits)[target]``, ``logsumexp(logits)`` and (optionally) the entropy of each row
-        into the ``[C]`` fp32 outputs. ``logits`` may be overwritten."""
+        """Write ``log softmax(logits)[target]``, ``logsumexp(logits)`` and (optionally) each row's entropy
+        into ``out``. ``keep_softmax``: leave ``softmax(logits)`` in ``logits``; else it may be overwritten."""
 
     def softmax_(self, logits: torch.Tensor, lse: torch.Tensor) -> None:
         """Replace ``logits`` by ``softmax(logits)`` in place; ``lse`` is the rows' logsumexp."""
-
-    def log_softmax_stats_and_softmax_(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        logp_out: torch.Tensor,
-        lse_out: torch.Tensor,
-        entropy_out: torch.Tensor | None,
-    ) -> None:
-        """``log_softmax_stats``, then leave ``softmax(logits)`` in ``logits``."""
 
 
 class TorchRowSoftmax:
@@ -55,40 +50,26 @@ class TorchRowSoftmax:
         self._scratch: torch.Tensor | None = None
 
     def log_softmax_stats(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        logp_out: torch.Tensor,
-        lse_out: torch.Tensor,
-        entropy_out: torch.Tensor | None,
+        self, logits: torch.Tensor, targets: torch.Tensor, out: RowStats, *, keep_softmax: bool = False
     ) -> None:
         index = targets.unsqueeze(1)
         target_logits = logits.gather(1, index).squeeze(1)
         torch.log_softmax(logits, 1, out=logits)
-        torch.gather(logits, 1, index, out=logp_out.unsqueeze(1))
+        torch.gather(logits, 1, index, out=out.logp.unsqueeze(1))
         # logsumexp recovered from the target's log-prob: one rounding of the lse, no extra pass.
-        torch.sub(target_logits, logp_out, out=lse_out)
-        if entropy_out is not None:
+        torch.sub(target_logits, out.logp, out=out.lse)
+        if out.entropy is not None:
             probs = torch.exp(logits, out=self._scratch_like(logits))
             # -sum(p * log p) as a batched dot product, so no [C, V] product is allocated.
             row_dot = torch.bmm(probs.unsqueeze(1), logits.unsqueeze(2)).view(-1)
-            torch.neg(row_dot, out=entropy_out)
+            torch.neg(row_dot, out=out.entropy)
+        if keep_softmax:
+            logits.exp_()  # log-probabilities are in place: one pass turns them into probabilities
 
     def softmax_(self, logits: torch.Tensor, lse: torch.Tensor) -> None:
         # One fused pass (max, exp-sum, scale per row, all in cache) beats sub_ + exp_ with the saved lse.
         del lse
         torch.softmax(logits, 1, out=logits)
-
-    def log_softmax_stats_and_softmax_(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        logp_out: torch.Tensor,
-        lse_out: torch.Tensor,
-        entropy_out: torch.Tensor | None,
-    ) -> None:
-        self.log_softmax_stats(logits, targets, logp_out, lse_out, entropy_out)
-        logits.exp_()  # log_softmax_stats left log-probabilities in place
 
     def _scratch_like(self, logits: torch.Tensor) -> torch.Tensor:
         rows = logits.shape[0]

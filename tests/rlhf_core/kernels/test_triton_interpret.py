@@ -58,8 +58,8 @@ def _compare(got, want) -> None:
 
 
 def _check(name: str) -> None:
-    from rlhf_core.kernels import fused_linear_logprobs
-    from rlhf_core.kernels._triton_row_softmax import triton_linear_cross_entropy, triton_linear_logprobs
+    from rlhf_core.kernels import fused_linear_cross_entropy, fused_linear_logprobs
+    from rlhf_core.kernels._triton_row_softmax import TritonRowSoftmax
     from rlhf_core.kernels.reference import naive_linear_cross_entropy, naive_linear_logprobs
 
     if name == "logprobs_multi_slice":
@@ -67,18 +67,27 @@ def _check(name: str) -> None:
         options = {"temperature": 0.7, "return_entropy": True}
         loss_of = lambda out: (out[0] * case.upstream).sum()  # noqa: E731
         # block_v=32 < V=123: the online logsumexp / entropy runs over 4 slices, the last one partial.
-        got = _run(triton_linear_logprobs, case, loss_of, chunk_size=10, block_v=32, **options)
+        got = _run(
+            fused_linear_logprobs, case, loss_of, chunk_size=10, backend=TritonRowSoftmax(32), **options
+        )
         _compare(got, _run(naive_linear_logprobs, case, loss_of, **options))
     elif name == "logprobs_no_bias_default_block":
         case = _make_case(bias=False, ignore_every=6)
         loss_of = lambda out: (out * case.upstream).sum()  # noqa: E731
-        _compare(_run(triton_linear_logprobs, case, loss_of), _run(naive_linear_logprobs, case, loss_of))
+        got = _run(fused_linear_logprobs, case, loss_of, backend=TritonRowSoftmax())
+        _compare(got, _run(naive_linear_logprobs, case, loss_of))
     elif name == "logprobs_frozen_head":
         # Only hidden needs a gradient: forward also turns each chunk into its softmax (second kernel).
         case = _make_case(ignore_every=3)
         hidden = case.hidden.clone().requires_grad_()
-        logps, entropy = triton_linear_logprobs(
-            hidden, case.weight, case.labels, case.bias, chunk_size=8, block_v=64, return_entropy=True
+        logps, entropy = fused_linear_logprobs(
+            hidden,
+            case.weight,
+            case.labels,
+            case.bias,
+            chunk_size=8,
+            backend=TritonRowSoftmax(64),
+            return_entropy=True,
         )
         (logps * case.upstream).sum().backward()
         ref_hidden = case.hidden.clone().requires_grad_()
@@ -93,7 +102,8 @@ def _check(name: str) -> None:
         loss_of = (
             (lambda out: (out * case.upstream).sum()) if reduction == "none" else (lambda out: out * 1.5)
         )
-        got = _run(triton_linear_cross_entropy, case, loss_of, reduction=reduction, chunk_size=9, block_v=32)
+        options = {"reduction": reduction, "chunk_size": 9, "backend": TritonRowSoftmax(32)}
+        got = _run(fused_linear_cross_entropy, case, loss_of, **options)
         _compare(got, _run(naive_linear_cross_entropy, case, loss_of, reduction=reduction))
     elif name == "dispatch_forced_triton":
         case = _make_case(ignore_every=5)
