@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from rlhf_core.models.module_state import eval_mode
 from rlhf_core.rollout.generation import generate as sample_responses
 from rlhf_core.rollout.generation import truncate_after_stop
 from rlhf_core.rollout.logprobs import ResponseBatch
 from rlhf_core.rollout.sampling import SamplingParams
+from rlhf_core.trainers.ppo.experience import Experience
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +120,7 @@ class ClassicPPOMixin:
         if unknown:
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             return list(out[:, ids.shape[1] :])
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             out = sample_responses(
                 model,
                 ids,
@@ -130,8 +131,6 @@ class ClassicPPOMixin:
                 sampling=self._sampling_params(kwargs),
                 min_new_tokens=int(kwargs.get("min_new_tokens", 0) or 0),
             )
-        finally:
-            model.train(was_training)
         return list(out.response_ids)
 
     def _sampling_params(self, kwargs: dict[str, Any]) -> SamplingParams:
@@ -169,7 +168,15 @@ class ClassicPPOMixin:
         batch = self._episode_batch(queries, responses, response_masks)
         score_tensor = _score_tensor(scores).to(batch.response_ids.device)
         score_tensor = self.rollout.apply_missing_eos_penalty(batch, score_tensor)
-        return self._optimise_batch(batch, score_tensor, classic=True)
+        self._prepare(None)  # no known horizon: a constant learning rate after warm-up
+        started, kl_coef = time.time(), self.kl_ctl.value
+        # The given episodes join the full loop's path after sampling and scoring: the same Experience.
+        exp = self.rollout.add_advantages(Experience(batch, scores=score_tensor), kl_coef)
+        metrics = self._optimise(exp, kl_coef, rollout_seconds=time.time() - started)
+        metrics["episode"] = float(self.state.episode)
+        if _due(self.state.global_step, self.args):
+            self.log(dict(metrics))
+        return metrics
 
     def _episode_batch(self, queries, responses, response_masks) -> ResponseBatch:
         tok = self.processing_class
@@ -276,3 +283,8 @@ def _score_tensor(scores: Sequence[Any]) -> torch.Tensor:
             raise ValueError(f"scores[{i}] is not finite ({value})")
         values.append(value)
     return torch.tensor(values, dtype=torch.float32)
+
+
+def _due(step: int, args: Any) -> bool:
+    every = args.logging_steps if args.logging_steps and args.logging_steps >= 1 else 1
+    return (step == 1 and args.logging_first_step) or step % int(every) == 0

@@ -1,4 +1,14 @@
-"""One PPO batch of experience: rollout tensors, KL-penalised rewards, advantages and returns; mini-batch order.
+"""One PPO batch of experience, made in one straight path (OpenRLHF's make_experience -> advantages -> train).
+
+``RolloutEngine.make_experience(prompts)`` samples responses, scores them, computes the old log-probs and values
+and the reference log-probs (no gradients, micro-batches of ``local_rollout_forward_batch_size`` through the fused
+log-prob kernel), then the KL-penalised per-token rewards, GAE advantages and returns: an ``Experience``. The
+classic ``step()`` wraps the episodes it is given into the same ``Experience`` and joins the path after sampling.
+The PPO epochs (``optimisation.run_ppo_epochs``) then run over it.
+
+The sampling, scoring and reference pieces are plain functions that need no value model, for the online trainers
+(GRPO, RLOO) to call. Log-probs use the sampling temperature, so they are those of the distribution the tokens
+came from.
 
 Per-token reward (Ziegler et al. 2019, arXiv:1909.08593 eq. 2; Stiennon et al. 2020, arXiv:2009.01325):
 ``r_t = -kl_coef * KL_t`` on every response token, plus the sequence score on its last token. ``KL_t`` is the
@@ -7,30 +17,53 @@ estimator chosen in the config, and that same tensor is what gets logged as ``ob
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from rlhf_core.losses.ppo import gae, kl_estimate, masked_whiten
-from rlhf_core.rollout.logprobs import ResponseBatch
+from rlhf_core.models.module_state import eval_mode
+from rlhf_core.rollout.generation import generate
+from rlhf_core.rollout.logprobs import ResponseBatch, pad_columns, response_logprobs
+from rlhf_core.rollout.sampling import SamplingParams
+from rlhf_core.rollout.scoring import RewardFn, reward_function_scores, reward_model_scores
+from rlhf_core.trainers.ppo.config import PPOConfig
+from rlhf_core.trainers.ppo.policy_value import PolicyAndValue
 
-__all__ = ["Experience", "build_experience", "mini_batch_indices"]
+__all__ = [
+    "Experience",
+    "RolloutEngine",
+    "build_experience",
+    "mini_batch_indices",
+    "missing_eos_penalty",
+    "reference_logprobs",
+    "sample_responses",
+    "score_responses",
+    "stop_token_ids",
+]
 
 
 @dataclass
 class Experience:
-    """Everything the PPO epochs need about one batch. Token tensors are [B, R]; ``scores`` is [B]."""
+    """One batch of episodes, filled stage by stage. Token tensors are [B, R]; ``scores`` is [B].
+
+    Sampling sets ``batch`` (and, when it could read them off the sampling pass, the old ``logprobs`` and
+    ``values``); scoring sets ``scores``; ``build_experience`` fills in everything else.
+    """
 
     batch: ResponseBatch
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    scores: torch.Tensor
-    kl: torch.Tensor
-    rewards: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
+    logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -38,6 +71,168 @@ class Experience:
 
     def __len__(self) -> int:
         return len(self.batch)
+
+
+# ---- sampling, scoring, reference: no value model needed ---------------------------------------------------
+
+
+def stop_token_ids(config: Any, tokenizer: Any) -> list[int]:
+    """The ids that end a response: ``stop_token_id`` if set, else eos when ``stop_token="eos"``."""
+    if getattr(config, "stop_token_id", None) is not None:
+        return [int(config.stop_token_id)]
+    if getattr(config, "stop_token", None) == "eos":
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                "stop_token='eos' but the tokenizer has no eos token: set stop_token_id or stop_token=None"
+            )
+        return [int(tokenizer.eos_token_id)]
+    return []
+
+
+@torch.no_grad()
+def sample_responses(
+    policy: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    pad_token_id: int,
+    stop_token_ids: list[int],
+    sampling: SamplingParams,
+    chunk_size: int,
+    return_logprobs: bool = True,
+    value_head: nn.Module | None = None,
+) -> Experience:
+    """Responses to left-padded prompts, ``chunk_size`` rows at a time; [B, R], R the batch's longest response.
+
+    With ``return_logprobs`` the sampled tokens' log-probs are read off the sampling logits, and with a
+    ``value_head`` on the policy's hidden states the values too: the rollout then needs no policy pass of its own.
+    """
+    parts: list[tuple[torch.Tensor | None, ...]] = []
+    with eval_mode(policy, value_head):
+        for start in range(0, prompt_ids.shape[0], chunk_size):
+            out = generate(
+                policy,
+                prompt_ids[start : start + chunk_size],
+                prompt_mask[start : start + chunk_size],
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_token_id,
+                stop_token_ids=stop_token_ids,
+                sampling=sampling,
+                return_logprobs=return_logprobs,
+                return_hidden_states=value_head is not None,
+            )
+            values = (
+                value_head(out.hidden_states).float() * out.response_mask if value_head is not None else None
+            )
+            parts.append((out.response_ids, out.response_mask, out.logprobs, values))
+    width = max(p[0].shape[1] for p in parts)
+
+    def column(i: int, fill: float = 0) -> torch.Tensor | None:
+        if parts[0][i] is None:
+            return None
+        return torch.cat([pad_columns(p[i], width, fill) for p in parts])
+
+    batch = ResponseBatch(prompt_ids, prompt_mask.long(), column(0, pad_token_id).long(), column(1).long())
+    return Experience(batch, logprobs=column(2), values=column(3))
+
+
+def decode_responses(batch: ResponseBatch, tokenizer: Any) -> list[str]:
+    ids = batch.response_ids.masked_fill(batch.response_mask == 0, tokenizer.pad_token_id)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def score_responses(
+    batch: ResponseBatch,
+    *,
+    tokenizer: Any,
+    reward_model: nn.Module | None = None,
+    reward_fn: RewardFn | None = None,
+    prompts: Sequence[Any] | None = None,
+    micro_batch_size: int = 8,
+) -> torch.Tensor:
+    """Scores [B] from ``reward_fn(prompts, responses)`` (prompts decoded when not given) or the reward model."""
+    if reward_fn is not None:
+        if prompts is None:
+            prompts = tokenizer.batch_decode(
+                batch.prompt_ids.masked_fill(batch.prompt_mask == 0, tokenizer.pad_token_id),
+                skip_special_tokens=True,
+            )
+        responses = decode_responses(batch, tokenizer)
+        return reward_function_scores(reward_fn, prompts, responses, device=batch.response_ids.device)
+    if reward_model is not None:
+        with eval_mode(reward_model):
+            return reward_model_scores(reward_model, batch, micro_batch_size=micro_batch_size)
+    raise ValueError("no reward: pass reward_model= or reward_fn= to PPOTrainer (or scores to step())")
+
+
+def missing_eos_penalty(
+    batch: ResponseBatch, scores: torch.Tensor, *, stop_ids: list[int], penalty: float | None
+) -> torch.Tensor:
+    """``scores`` minus ``penalty`` for each response that never emitted a stop token."""
+    if penalty is None or not stop_ids:
+        return scores
+    stops = torch.as_tensor(stop_ids, device=batch.response_ids.device)
+    has_stop = (torch.isin(batch.response_ids, stops) & (batch.response_mask == 1)).any(-1)
+    return scores - penalty * (~has_stop).to(scores.dtype)
+
+
+@contextlib.contextmanager
+def reference_model(ref_model: nn.Module | None, policy: nn.Module):
+    """The frozen reference in eval mode; with ``ref_model=None`` the (PEFT) policy with its adapters off."""
+    if ref_model is not None:
+        with eval_mode(ref_model):
+            yield ref_model
+        return
+    with eval_mode(policy), policy.disable_adapter():
+        yield policy
+
+
+@torch.no_grad()
+def reference_logprobs(
+    batch: ResponseBatch,
+    *,
+    ref_model: nn.Module | None,
+    policy: nn.Module,
+    temperature: float,
+    micro_batch_size: int,
+) -> torch.Tensor:
+    """Reference log-probs [B, R] of the response tokens (see ``reference_model``)."""
+    with reference_model(ref_model, policy) as ref:
+        return response_logprobs(ref, batch, temperature=temperature, micro_batch_size=micro_batch_size)
+
+
+@torch.no_grad()
+def old_logprobs_and_values(
+    model: PolicyAndValue, exp: Experience, *, temperature: float, micro_batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy log-probs, values), each [B, R], before any update; what sampling already gave is reused.
+
+    Known log-probs leave only the values to compute (nothing at all when those are known too).
+    """
+    if exp.logprobs is not None and exp.values is not None:
+        return exp.logprobs, exp.values
+    batch, logps, values = exp.batch, [], []
+    with eval_mode(model):
+        for start in range(0, len(batch), micro_batch_size):
+            part, width = batch.select(slice(start, start + micro_batch_size)).trimmed()
+            if exp.logprobs is not None:
+                values.append(pad_columns(model.values(part).float(), width))
+                continue
+            out = model(
+                part.prompt_ids,
+                part.prompt_mask,
+                part.response_ids,
+                part.response_mask,
+                temperature=temperature,
+            )
+            logps.append(pad_columns(out.logprobs, width))
+            values.append(pad_columns(out.values.float(), width))
+    return (exp.logprobs if exp.logprobs is not None else torch.cat(logps)), torch.cat(values)
+
+
+# ---- rewards, advantages, returns --------------------------------------------------------------------------
 
 
 def _whiten_if_possible(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool) -> torch.Tensor:
@@ -87,6 +282,105 @@ def build_experience(
         advantages=advantages,
         returns=returns,
     )
+
+
+# ---- the PPO path, bound to a trainer's config and models --------------------------------------------------
+
+
+@dataclass
+class RolloutEngine:
+    """Makes PPO ``Experience`` for ``PolicyAndValue`` ``model`` (a callable returning the unwrapped module)."""
+
+    config: PPOConfig
+    tokenizer: Any
+    model: Callable[[], PolicyAndValue]
+    ref_model: nn.Module | None
+    reward_model: nn.Module | None = None
+    reward_fn: RewardFn | None = None
+
+    def __post_init__(self) -> None:
+        self.stop_ids = stop_token_ids(self.config, self.tokenizer)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+
+    def make_experience(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        prompts: Sequence[Any] | None,
+        kl_coef: float,
+    ) -> Experience:
+        """Prompts -> sampled, scored episodes -> old/reference log-probs, values, rewards, advantages."""
+        exp = self.sample(prompt_ids, prompt_mask)
+        exp.scores = self.score(exp.batch, prompts)
+        return self.add_advantages(exp, kl_coef)
+
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Experience:
+        """Sampled episodes, with old log-probs and values unless ``recompute_rollout_logprobs``."""
+        cfg, model = self.config, self.model()
+        keep = not cfg.recompute_rollout_logprobs
+        return sample_responses(
+            model.policy,
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens=cfg.response_length,
+            pad_token_id=self.pad_id,
+            stop_token_ids=self.stop_ids,
+            sampling=SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p),
+            chunk_size=cfg.local_rollout_forward_batch_size,
+            return_logprobs=keep,
+            value_head=model.v_head if keep else None,
+        )
+
+    def score(self, batch: ResponseBatch, prompts: Sequence[Any] | None = None) -> torch.Tensor:
+        """Scores [B] from the reward model or ``reward_fn``, minus ``missing_eos_penalty`` where it applies."""
+        scores = score_responses(
+            batch,
+            tokenizer=self.tokenizer,
+            reward_model=self.reward_model,
+            reward_fn=self.reward_fn,
+            prompts=prompts,
+            micro_batch_size=self.config.local_rollout_forward_batch_size,
+        )
+        return self.apply_missing_eos_penalty(batch, scores)
+
+    def apply_missing_eos_penalty(self, batch: ResponseBatch, scores: torch.Tensor) -> torch.Tensor:
+        return missing_eos_penalty(
+            batch, scores, stop_ids=self.stop_ids, penalty=self.config.missing_eos_penalty
+        )
+
+    def old_logprobs_and_values(self, exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        return old_logprobs_and_values(
+            self.model(),
+            exp,
+            temperature=cfg.temperature,
+            micro_batch_size=cfg.local_rollout_forward_batch_size,
+        )
+
+    def add_advantages(self, exp: Experience, kl_coef: float) -> Experience:
+        """A scored ``Experience`` completed: old and reference log-probs, values, rewards, advantages, returns."""
+        cfg = self.config
+        logps, values = self.old_logprobs_and_values(exp)
+        ref_logps = reference_logprobs(
+            exp.batch,
+            ref_model=self.ref_model,
+            policy=self.model().policy,
+            temperature=cfg.temperature,
+            micro_batch_size=cfg.local_rollout_forward_batch_size,
+        )
+        return build_experience(
+            exp.batch,
+            logprobs=logps,
+            ref_logprobs=ref_logps,
+            values=values,
+            scores=exp.scores,
+            kl_coef=kl_coef,
+            kl_estimator=cfg.kl_estimator,
+            gamma=cfg.gamma,
+            lam=cfg.lam,
+            whiten_rewards=cfg.whiten_rewards,
+            whiten_advantages=cfg.whiten_advantages,
+        )
 
 
 def mini_batch_indices(

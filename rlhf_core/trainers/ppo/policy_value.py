@@ -25,7 +25,7 @@ from rlhf_core.models.value_head import (
 from rlhf_core.rollout.logprobs import ResponseBatch, lm_head_of, response_hidden_states, token_logprobs
 from rlhf_core.rollout.scoring import score_head_of
 
-__all__ = ["PolicyAndValue", "PolicyValueOutput", "disable_dropout"]
+__all__ = ["PolicyAndValue", "PolicyValueOutput"]
 
 VALUE_MODEL_DIR = "value_model"
 
@@ -153,12 +153,3 @@ def _load_weights(model: nn.Module, directory: str | os.PathLike[str]) -> None:
             )
         return
     load_sharded_checkpoint(model, str(directory), strict=False)
-
-
-def disable_dropout(model: nn.Module | None) -> None:
-    """Set every dropout probability to 0: rollout and training forwards must compute the same function."""
-    if model is None:
-        return
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0

@@ -7,15 +7,17 @@ Two ways in:
       PPOTrainer(args=PPOConfig(...), model=policy, ref_model=None, reward_model=rm  # or reward_fn=fn
                  value_model=None, train_dataset=prompts, processing_class=tokenizer).train()
 
-* the classic API (``generate`` / ``step`` / ``save_pretrained``, see ``ppo_classic.py``)::
+* the classic API (``generate`` / ``step`` / ``save_pretrained``, see ``classic.py``)::
 
       PPOTrainer(config=PPOConfig(...), model=model, ref_model=ref_model, tokenizer=tokenizer)
 
-Each update samples ``batch_size`` responses (KV-cache sampling), scores them, computes old log-probs, values
-and reference log-probs in no-grad micro-batches through the fused log-prob kernel, turns the scores into
-KL-penalised per-token rewards and GAE advantages, then runs ``num_ppo_epochs`` epochs of clipped policy and
-value losses. It is built on ``transformers.Trainer``: its accelerator, optimizer and scheduler creation,
-checkpoint saving (and resuming), callbacks and ``log()``; one Trainer "step" is one PPO update.
+One update is one straight path: ``RolloutEngine.make_experience`` (``experience.py``) samples ``batch_size``
+responses (KV-cache sampling), scores them, computes old log-probs, values and reference log-probs in no-grad
+micro-batches through the fused log-prob kernel and turns the scores into KL-penalised per-token rewards and GAE
+advantages; ``run_ppo_epochs`` (``optimisation.py``) then runs ``num_ppo_epochs`` epochs of clipped policy and
+value losses over that ``Experience``. ``step()`` joins the same path with the episodes it is given. It is built
+on ``transformers.Trainer``: its accelerator, optimizer and scheduler creation, checkpoint saving (and resuming),
+callbacks and ``log()``; one Trainer "step" is one PPO update.
 
 ``value_model=None`` puts a value head on the policy's last hidden state (the classic value-head model: one
 body forward gives log-probs and values). Pass a ``value_model`` (e.g. a sequence classifier initialised from the
@@ -39,9 +41,9 @@ from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from rlhf_core.data.collators import PromptCollator
 from rlhf_core.data.tokenization import tokenize_prompts
+from rlhf_core.models.module_state import disable_dropout, freeze
 from rlhf_core.models.reference import create_reference_model
 from rlhf_core.models.value_head import AutoModelForCausalLMWithValueHead
-from rlhf_core.rollout.logprobs import ResponseBatch
 from rlhf_core.rollout.scoring import RewardFn
 from rlhf_core.trainers.base import NonFiniteLossError
 from rlhf_core.trainers.model_setup import (
@@ -54,11 +56,11 @@ from rlhf_core.trainers.model_setup import (
 from rlhf_core.trainers.ppo.checkpoint import PPOCheckpointMixin, prompt_batches
 from rlhf_core.trainers.ppo.classic import ClassicPPOMixin
 from rlhf_core.trainers.ppo.config import PPOConfig
+from rlhf_core.trainers.ppo.experience import Experience, RolloutEngine
 from rlhf_core.trainers.ppo.kl_control import build_kl_controller
 from rlhf_core.trainers.ppo.metrics import EpisodeProgressCallback, MetricsWindow, rollout_metrics
 from rlhf_core.trainers.ppo.optimisation import run_ppo_epochs
-from rlhf_core.trainers.ppo.policy_value import PolicyAndValue, disable_dropout
-from rlhf_core.trainers.ppo.rollout import RolloutEngine, Sampled
+from rlhf_core.trainers.ppo.policy_value import PolicyAndValue
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,12 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
+        self._init_ppo(ref_model, reward_model, reward_fn)
+
+    # ---- construction helpers ----------------------------------------------------------------------------
+
+    def _init_ppo(self, ref_model: nn.Module | None, reward_model: nn.Module | None, reward_fn: Any) -> None:
+        """What PPO adds once Trainer is set up: frozen models on the device, episode state, KL control, rollout."""
         for module in (ref_model, reward_model):
             if module is not None:
                 module.to(self.accelerator.device)
@@ -126,18 +134,16 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
             is_world_process_zero=self.is_world_process_zero(),
             stateful_callbacks=self.state.stateful_callbacks,
         )
-        self.kl_ctl = build_kl_controller(args.kl_coef, args.kl_target, args.kl_horizon)
+        self.kl_ctl = build_kl_controller(self.args.kl_coef, self.args.kl_target, self.args.kl_horizon)
         self.rollout = RolloutEngine(
-            config=args,
-            tokenizer=processing_class,
+            config=self.args,
+            tokenizer=self.processing_class,
             model=lambda: self.accelerator.unwrap_model(self.model),
             ref_model=ref_model,
             reward_model=reward_model,
             reward_fn=reward_fn,
         )
         self._prepared = False
-
-    # ---- construction helpers ----------------------------------------------------------------------------
 
     @staticmethod
     def _build_models(args, model, ref_model, reward_model, value_model, peft_config, num_shared_layers):
@@ -163,12 +169,9 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
             ref_model = ref_model.pretrained_model
         if ref_model is None and not is_peft_model(wrapper.policy):
             ref_model = create_reference_model(wrapper.policy, num_shared_layers=num_shared_layers)
-        if ref_model is not None:
-            ref_model.requires_grad_(False).eval()
         if isinstance(reward_model, str):
             reward_model = load_sequence_classifier(reward_model, num_labels=1, **(kwargs or {}))
-        if reward_model is not None:
-            reward_model.requires_grad_(False).eval()
+        freeze(ref_model), freeze(reward_model)
         if args.disable_dropout:
             for module in (wrapper, ref_model, reward_model):
                 disable_dropout(module)
@@ -260,30 +263,20 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
                 self.add_callback(EpisodeProgressCallback(total_episodes))
 
     def _run_update(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One PPO update of the full loop: prompts -> ``Experience`` -> the optimisation epochs over it."""
         device = self.accelerator.device
-        prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        started = time.time()
-        sampled = self.rollout.sample(prompt_ids, prompt_mask)
-        scores = self.rollout.score(sampled.batch, batch.get("prompt"))
-        metrics = self._optimise_batch(sampled, scores, classic=False, rollout_seconds=time.time() - started)
+        started, kl_coef = time.time(), self.kl_ctl.value
+        exp = self.rollout.make_experience(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device), batch.get("prompt"), kl_coef
+        )
+        metrics = self._optimise(exp, kl_coef, rollout_seconds=time.time() - started)
         self.state.epoch = self.state.episode / len(self.train_dataset)
         return metrics
 
-    def _optimise_batch(
-        self,
-        batch: Sampled | ResponseBatch,
-        scores: torch.Tensor,
-        *,
-        classic: bool,
-        rollout_seconds: float = 0.0,
-    ) -> dict[str, float]:
-        """Experience from a scored batch, the PPO epochs on it, KL-controller update, metrics."""
-        self._prepare(None if classic else 1)
-        started = time.time()
-        kl_coef, lr = self.kl_ctl.value, self._current_lr()
-        exp = self.rollout.experience(batch, scores, kl_coef)
+    def _optimise(self, exp: Experience, kl_coef: float, *, rollout_seconds: float) -> dict[str, float]:
+        """The PPO epochs on one ``Experience``, then the KL-controller update, trainer state and metrics."""
+        lr = self._current_lr()  # the rate this update uses (the scheduler steps during it)
         metrics = rollout_metrics(exp, kl_coef=kl_coef, stop_ids=self.rollout.stop_ids)
-        rollout_seconds += time.time() - started
         started = time.time()
         stats = run_ppo_epochs(
             exp,
@@ -302,11 +295,7 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
         self.state.episode += episodes
         metrics["loss/total"] = stats.loss_total / max(stats.optimizer_steps, 1)
         metrics["time/rollout"], metrics["time/optimisation"] = rollout_seconds, time.time() - started
-        metrics["lr"] = lr  # the rate this update used (the scheduler has stepped since)
-        if classic:
-            metrics["episode"] = float(self.state.episode)
-            if _due(self.state.global_step, self.args):
-                self.log(dict(metrics))
+        metrics["lr"] = lr
         return metrics
 
     def _mean_over_processes(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -380,8 +369,3 @@ def _resolve_tokenizer(model: Any, processing_class: Any, tokenizer: Any) -> Any
     if processing_class.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos token)")
     return processing_class
-
-
-def _due(step: int, args: PPOConfig) -> bool:
-    every = args.logging_steps if args.logging_steps and args.logging_steps >= 1 else 1
-    return (step == 1 and args.logging_first_step) or step % int(every) == 0
