@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +66,20 @@ def recipe_hash() -> str:
 
 
 def tiny_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The folder of the tiny model + tokenizer, built on first use.
+    """The folder of the tiny model + tokenizer, built on first use (see `cached_build`)."""
+    return cached_build(f"{TINY_MODEL}-{recipe_hash()}", build_tiny_model, cache_dir)
+
+
+def cached_build(
+    name: str, build: Callable[[Path], None], cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """``cache_dir/name``, filled by ``build(folder)`` on first use (``name`` should carry a recipe hash).
 
     Safe when several processes ask at once: each builds in its own temporary folder and renames it into place
     (atomic on one filesystem); the loser of the race discards its copy, whose files are identical anyway.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = root / f"{TINY_MODEL}-{recipe_hash()}"
+    target = root / name
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -80,10 +88,10 @@ def tiny_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
         try:
-            build_tiny_model(tmp)
+            build(tmp)
             try:
                 os.rename(tmp, target)
-                logger.info("built the tiny model in %s", target)
+                logger.info("built %s in %s", name, target)
             except OSError:
                 if not (target / "config.json").is_file():
                     raise

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlhf_core.models.reward_pooling import pad_token_id_of, right_padded, score_positions
 from rlhf_core.models.value_head import backbone
 from rlhf_core.rollout.generation import position_ids_from_mask
 from rlhf_core.rollout.logprobs import ResponseBatch
@@ -48,21 +49,24 @@ def _head_scores(hidden: torch.Tensor, head: nn.Module) -> torch.Tensor:
 def reward_model_scores(
     reward_model: nn.Module, batch: ResponseBatch, *, micro_batch_size: int = 16
 ) -> torch.Tensor:
-    """Scalar score [B] of each prompt + response, read at its last non-pad token.
+    """Scalar score [B] of each prompt + response: what the saved reward model gives on that text unpadded.
 
-    ``reward_model``: an ``AutoModelForSequenceClassification`` with one label (or a value-head model). Its
-    body runs on the whole sequence; the score head is applied to the hidden state of the last attended token,
-    so the result does not depend on the pad token id or on the padding side. A model whose head cannot be
-    applied per position (e.g. a pooled BERT classifier) is called as a whole, with its own pooling.
+    ``reward_model``: an ``AutoModelForSequenceClassification`` with one label (or a value-head model). A causal
+    backbone runs on the whole sequence and its score head is applied at `score_positions` (transformers'
+    pooling position: the last token that is not the pad id, whatever the padding side). A model whose head
+    cannot be applied per position (an encoder such as BERT, which pools ``[CLS]``) is called whole on the
+    sequence re-laid as right-padded rows, so its first token is the text's first token.
     """
     head = score_head_of(reward_model)
+    pad_id = pad_token_id_of(reward_model)
     scores = []
     for start in range(0, len(batch), micro_batch_size):
         part, _ = batch.select(slice(start, start + micro_batch_size)).trimmed()
         input_ids = torch.cat([part.prompt_ids, part.response_ids], dim=1)
         mask = torch.cat([part.prompt_mask, part.response_mask], dim=1)
         if head is None:
-            logits = reward_model(input_ids=input_ids, attention_mask=mask).logits
+            ids, right_mask = right_padded(input_ids, mask, 0 if pad_id is None else pad_id)
+            logits = reward_model(input_ids=ids, attention_mask=right_mask).logits
             scores.append(logits[:, 0].float())
             continue
         hidden = backbone(reward_model)(
@@ -71,8 +75,8 @@ def reward_model_scores(
             position_ids=position_ids_from_mask(mask),
             use_cache=False,
         ).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(mask)]
-        score = _head_scores(last, head)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        score = _head_scores(hidden[rows, score_positions(input_ids, mask, pad_id)], head)
         scores.append((score[:, 0] if score.dim() == 2 else score).float())
     return torch.cat(scores)
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rlhf_core.losses.reward import reward_loss
+from rlhf_core.models.reward_pooling import pad_token_id_of, right_padded, score_positions
 from rlhf_core.trainers.base import TokenNormalisedTrainer
 from rlhf_core.trainers.batch_tracking import ROW_IDS_KEY
 from rlhf_core.trainers.model_setup import load_model, load_processing_class, resolve_processing_class_alias
@@ -111,26 +112,27 @@ class RewardTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
     def pair_rewards(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """`([B], [B])` rewards of the chosen and rejected sequences, from one forward pass over `[2B, T]`.
 
-        When the batch runs padding-free (one merged row), the score head's per-position outputs are read at each
-        row's last real token: the value the classifier pools from a padded row.
+        A causal classifier's per-position score is read at `score_positions` (the position transformers pools
+        for the unpadded text, see `rlhf_core.models.reward_pooling`) in padded and padding-free (merged) batches
+        alike; an encoder (no per-position head) pools its own first token. Rows are re-laid right padded first,
+        so a left-padded batch (a custom collator) scores as the unpadded text does.
         """
         kwargs = {"use_cache": False} if self._forward_takes_use_cache else {}
-        mask = inputs["attention_mask"]
+        pad_id = pad_token_id_of(model)
+        ids, mask = right_padded(inputs["input_ids"], inputs["attention_mask"], pad_id or 0)
+        head = _score_head(model)
+        if head is None:
+            return model(input_ids=ids, attention_mask=mask, **kwargs).logits[:, 0].chunk(2)
         layout = plan_layout(mask, self._cost_model)
-        if not layout.merged:
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=mask, **kwargs)
-            return outputs.logits[:, 0].chunk(2)
         captured: dict[str, torch.Tensor] = {}
-        handle = _score_head(model).register_forward_hook(
-            lambda m, i, out: captured.setdefault("scores", out)
-        )
+        handle = head.register_forward_hook(lambda m, i, out: captured.setdefault("scores", out))
         try:
-            model(**layout.model_inputs(inputs["input_ids"], mask), **kwargs)
+            model(**layout.model_inputs(ids, mask), **kwargs)
         finally:
             handle.remove()
         rows = torch.arange(mask.shape[0], device=mask.device)
-        rewards = layout.gather(captured["scores"], rows, mask.sum(dim=1) - 1)[:, 0]
-        return rewards.chunk(2)
+        cols = score_positions(ids, mask, pad_id)
+        return layout.gather(captured["scores"], rows, cols)[:, 0].chunk(2)
 
     def compute_loss(
         self,
