@@ -20,6 +20,10 @@ _EXPORTS: dict[str, str] = {
     "DPOTrainer": "rlhf_core.trainers.preference.dpo",
     "PPOConfig": "rlhf_core.trainers.ppo.config",
     "PPOTrainer": "rlhf_core.trainers.ppo.trainer",
+    "GRPOConfig": "rlhf_core.trainers.online.config",
+    "GRPOTrainer": "rlhf_core.trainers.online.grpo",
+    "RLOOConfig": "rlhf_core.trainers.online.config",
+    "RLOOTrainer": "rlhf_core.trainers.online.rloo",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,258 @@
+"""GRPOConfig and RLOOConfig: `TrainingArguments` plus TRL 1.16's online-RL fields, with TRL's names and defaults.
+
+Batch vocabulary (TRL's). A *micro-batch* is ``per_device_train_batch_size`` completions on one process; an
+optimizer step accumulates ``gradient_accumulation_steps`` of them. One *generation* samples
+``generation_batch_size`` completions over all processes (default: one optimizer step's worth,
+``per_device_train_batch_size x processes x steps_per_generation`` with ``steps_per_generation =
+gradient_accumulation_steps``), i.e. ``generation_batch_size / num_generations`` prompts answered
+``num_generations`` times each. The generation is then cut into ``steps_per_generation`` micro-batches per process
+and optimised over ``num_iterations`` times, with the log-probs of the sampling policy kept as pi_old.
+
+Every field of TRL 1.16's configs is accepted. The ones this project does not implement raise
+``NotImplementedError`` naming the field when given a non-default value; vLLM tuning fields, SAPO/VESPO
+temperatures and the adaptive-entropy bounds are read only by features that raise (``use_vllm=True``,
+``loss_type="sapo"``, ...), so they are accepted and inert, as they are in TRL without those features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+
+__all__ = ["GRPOConfig", "OnlineConfig", "RLOOConfig"]
+
+
+def _f(default: Any, text: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+# field -> (its default, why it is not implemented). A non-default value raises NotImplementedError.
+_NOT_IMPLEMENTED: dict[str, tuple[Any, str]] = {
+    "router_aux_loss_coef": (None, "mixture-of-experts router losses are not wired"),
+    "cast_lm_head_to_fp32": (False, "the fused log-prob kernel already accumulates in fp32"),
+    "num_generations_eval": (None, "evaluation with generations is not implemented (no eval loop)"),
+    "min_p": (None, "the sampler implements temperature, top-k and top-p only"),
+    "repetition_penalty": (1.0, "the sampler implements temperature, top-k and top-p only"),
+    "cache_implementation": (None, "generation uses the model's own dynamic KV cache"),
+    "use_vllm": (False, "generation runs on this project's KV-cache decode loop, not vLLM"),
+    "top_entropy_quantile": (1.0, "entropy masking needs differentiable entropies (they are detached here)"),
+    "entropy_coef": (0.0, "an entropy bonus needs differentiable entropies (they are detached here)"),
+    "use_adaptive_entropy": (False, "an entropy bonus needs differentiable entropies (they are detached here)"),
+    "max_tool_calling_iterations": (None, "tool calling is not implemented"),
+    "off_policy_mask_threshold": (None, "off-policy sequence masking is not implemented"),
+    "log_completions_hub_repo": (None, "completions are not uploaded anywhere (rlhf_core has no hub access)"),
+    "use_transformers_continuous_batching": (False, "generation runs on this project's KV-cache decode loop"),
+    "transformers_continuous_batching_config": (None, "generation runs on this project's KV-cache decode loop"),
+    "use_transformers_paged": (False, "generation runs on this project's KV-cache decode loop"),
+    "auto_find_batch_size": (False, "the generation batch must hold whole prompt groups"),
+}
+
+
+@dataclass
+class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
+    """Fields GRPO and RLOO share (TRL 1.16's names and defaults; CPU-safe precision defaults)."""
+
+    learning_rate: float = _f(1e-6, "AdamW learning rate (TRL's default).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in backward (TRL's default: on).")
+    remove_unused_columns: bool = _f(False, "Keep every dataset column: reward functions receive them.")
+    # ---- models -------------------------------------------------------------------------------------------
+    model_init_kwargs: dict | str | None = _f(None, "from_pretrained keyword arguments for models given by name.")
+    trust_remote_code: bool = _f(False, "Passed to from_pretrained for models given by name.")
+    disable_dropout: bool = _f(False, "Zero every dropout of the policy and the reference.")
+    # ---- data and generation ------------------------------------------------------------------------------
+    num_generations: int = _f(8, "Completions sampled per prompt (the group size).")
+    max_completion_length: int = _f(512, "Maximum new tokens per completion.")
+    shuffle_dataset: bool = _f(True, "Shuffle the prompts each epoch (from the seed).")
+    pad_to_multiple_of: int | str | None = _f("auto", "Pad prompt batches to a multiple of this ('auto': none).")
+    generation_batch_size: int | None = _f(None, "Completions per generation over all processes.")
+    steps_per_generation: int | None = _f(None, "Micro-batches per process per generation.")
+    temperature: float = _f(1.0, "Sampling temperature; log-probs are computed at the same temperature.")
+    top_p: float = _f(1.0, "Nucleus sampling mass (1.0: no limit).")
+    top_k: int = _f(0, "Sample from the k most likely tokens (0: no limit).")
+    generation_kwargs: dict | None = _f(None, "Extra generation arguments (only max_new_tokens-like keys).")
+    chat_template_kwargs: dict | None = _f(None, "Extra arguments for the chat template of conversational prompts.")
+    # ---- optimisation -------------------------------------------------------------------------------------
+    beta: float = _f(0.0, "KL coefficient to the reference model (0: no reference model is kept).")
+    num_iterations: int = _f(1, "Optimisation passes over each generation (mu in the GRPO paper).")
+    epsilon: float = _f(0.2, "Lower clip range of the importance ratio.")
+    epsilon_high: float | None = _f(None, "Upper clip range (None: epsilon). DAPO's clip-higher.")
+    reward_weights: list[float] | None = _f(None, "Weight of each reward function (None: all 1).")
+    mask_truncated_completions: bool = _f(False, "Leave completions without an eos out of the loss.")
+    sync_ref_model: bool = _f(False, "Move the reference towards the policy every ref_model_sync_steps (TR-DPO).")
+    ref_model_mixup_alpha: float = _f(0.6, "ref <- alpha * policy + (1 - alpha) * ref when syncing.")
+    ref_model_sync_steps: int = _f(512, "Optimizer steps between reference syncs.")
+    # ---- logging ------------------------------------------------------------------------------------------
+    log_completions: bool = _f(False, "Print a table of sampled completions at each log (and keep them).")
+    log_multimodal: bool = _f(True, "Log images with completions (no multimodal input here: inert).")
+    num_completions_to_print: int | None = _f(None, "Rows of the printed completions table (None: all).")
+    log_unique_prompts: bool = _f(False, "Show each prompt once in the completions table.")
+    # ---- accepted for TRL parity, inert without the features that raise -----------------------------------
+    ds3_gather_for_generation: bool = _f(True, "DeepSpeed ZeRO-3 parameter gathering for generation.")
+    vllm_mode: str = _f("colocate", "vLLM only.")
+    vllm_model_impl: str = _f("vllm", "vLLM only.")
+    vllm_enable_sleep_mode: bool = _f(False, "vLLM only.")
+    vllm_structured_outputs_regex: str | None = _f(None, "vLLM only.")
+    vllm_server_base_url: str | None = _f(None, "vLLM only.")
+    vllm_server_host: str = _f("0.0.0.0", "vLLM only.")
+    vllm_server_port: int = _f(8000, "vLLM only.")
+    vllm_server_timeout: float = _f(240.0, "vLLM only.")
+    vllm_group_port: int = _f(51216, "vLLM only.")
+    vllm_gpu_memory_utilization: float = _f(0.3, "vLLM only.")
+    vllm_max_model_length: int | None = _f(None, "vLLM only.")
+    vllm_tensor_parallel_size: int = _f(1, "vLLM only.")
+    # ---- not implemented (non-default values raise) -------------------------------------------------------
+    router_aux_loss_coef: float | None = _f(None, "Not implemented.")
+    num_generations_eval: int | None = _f(None, "Not implemented.")
+    min_p: float | None = _f(None, "Not implemented.")
+    repetition_penalty: float = _f(1.0, "Not implemented.")
+    cache_implementation: str | None = _f(None, "Not implemented.")
+    use_vllm: bool = _f(False, "Not implemented.")
+    use_transformers_continuous_batching: bool = _f(False, "Not implemented.")
+    transformers_continuous_batching_config: dict | None = _f(None, "Not implemented.")
+    use_transformers_paged: bool = _f(False, "Not implemented.")
+
+    def __post_init__(self) -> None:
+        self._reject_unimplemented()
+        self._check_values()
+        super().__post_init__()
+        self._resolve_generation_batch()
+
+    def _reject_unimplemented(self) -> None:
+        for name, (default, why) in _NOT_IMPLEMENTED.items():
+            if hasattr(self, name) and getattr(self, name) != default:
+                raise NotImplementedError(
+                    f"{type(self).__name__}.{name}={getattr(self, name)!r} is not implemented ({why}); "
+                    f"leave it at {default!r}"
+                )
+        if self.generation_kwargs:
+            raise NotImplementedError(
+                f"{type(self).__name__}.generation_kwargs={self.generation_kwargs!r} is not implemented: use "
+                "temperature, top_p, top_k and max_completion_length"
+            )
+        if self.chat_template_kwargs:
+            raise NotImplementedError(
+                f"{type(self).__name__}.chat_template_kwargs={self.chat_template_kwargs!r} is not implemented: "
+                "prompts are rendered with the tokenizer's chat template and its generation prompt"
+            )
+
+    def _check_values(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError(
+                f"num_generations={self.num_generations}: a group needs at least 2 completions per prompt "
+                "to compare them"
+            )
+        for name in ("max_completion_length", "num_iterations", "ref_model_sync_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if isinstance(self.pad_to_multiple_of, str):
+            value = self.pad_to_multiple_of.lower()
+            self.pad_to_multiple_of = None if value in ("auto", "none", "null") else int(value)
+        if self.epsilon_high is None:
+            self.epsilon_high = self.epsilon
+
+    def _resolve_generation_batch(self) -> None:
+        """TRL's rule: one of generation_batch_size / steps_per_generation, else one optimizer step's worth."""
+        world = self.world_size
+        global_micro = self.per_device_train_batch_size * world
+        if self.generation_batch_size is not None and self.steps_per_generation is not None:
+            raise ValueError("generation_batch_size and steps_per_generation cannot both be set")
+        if self.generation_batch_size is not None:
+            if self.generation_batch_size % global_micro:
+                raise ValueError(
+                    f"generation_batch_size={self.generation_batch_size} must be a multiple of "
+                    f"per_device_train_batch_size x processes = {global_micro}"
+                )
+            self.steps_per_generation = self.generation_batch_size // global_micro
+        if self.steps_per_generation is None:
+            self.steps_per_generation = self.gradient_accumulation_steps
+        self.generation_batch_size = global_micro * self.steps_per_generation
+        if self.generation_batch_size % self.num_generations:
+            raise ValueError(
+                f"num_generations={self.num_generations} does not divide the generation batch of "
+                f"{self.generation_batch_size} completions (per_device_train_batch_size="
+                f"{self.per_device_train_batch_size} x {world} processes x steps_per_generation="
+                f"{self.steps_per_generation}): every prompt needs its whole group in one generation"
+            )
+        steps, accumulation = self.steps_per_generation, self.gradient_accumulation_steps
+        if steps % accumulation:
+            raise NotImplementedError(
+                f"steps_per_generation={steps} is not a multiple of gradient_accumulation_steps={accumulation}: "
+                "an optimizer step spanning two generations is not implemented"
+            )
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    """Configuration of `GRPOTrainer` (TRL 1.16's GRPOConfig fields and defaults)."""
+
+    delta: float | None = _f(None, "Upper cap of the unclipped ratio (two-sided clipping, arXiv:2505.07291).")
+    importance_sampling_level: str = _f("token", "'token' ratios, or 'sequence' (GSPO, arXiv:2507.18071).")
+    multi_objective_aggregation: str = _f("sum_then_normalize", "'sum_then_normalize' or 'normalize_then_sum'.")
+    scale_rewards: str | bool = _f("group", "Divide advantages by the std of the 'group', the 'batch', or 'none'.")
+    loss_type: str = _f("dapo", "'grpo', 'bnpo', 'dr_grpo' or 'dapo' (see rlhf_core.losses.grpo).")
+    use_bias_correction_kl: bool = _f(True, "Weight the KL term by the importance ratio.")
+    # ---- inert: read only by loss types and vLLM modes that raise --------------------------------------------
+    sapo_temperature_neg: float = _f(1.05, "loss_type='sapo' only (not implemented).")
+    sapo_temperature_pos: float = _f(1.0, "loss_type='sapo' only (not implemented).")
+    vespo_k_pos: float = _f(2.0, "loss_type='vespo' only (not implemented).")
+    vespo_lambda_pos: float = _f(3.0, "loss_type='vespo' only (not implemented).")
+    vespo_k_neg: float = _f(3.0, "loss_type='vespo' only (not implemented).")
+    vespo_lambda_neg: float = _f(2.0, "loss_type='vespo' only (not implemented).")
+    entropy_coef_min: float = _f(0.0, "use_adaptive_entropy only (not implemented).")
+    entropy_coef_max: float = _f(1.0, "use_adaptive_entropy only (not implemented).")
+    entropy_coef_delta: float = _f(0.005, "use_adaptive_entropy only (not implemented).")
+    entropy_target: float = _f(0.2, "use_adaptive_entropy only (not implemented).")
+    vllm_importance_sampling_correction: bool = _f(True, "vLLM only.")
+    vllm_importance_sampling_mode: str = _f("sequence_mask", "vLLM only.")
+    vllm_importance_sampling_clip_max: float | None = _f(3.0, "vLLM only.")
+    vllm_importance_sampling_clip_min: float | None = _f(None, "vLLM only.")
+    vllm_importance_sampling_cap: float | None = _f(None, "vLLM only (deprecated in TRL).")
+    # ---- not implemented (non-default values raise) -------------------------------------------------------
+    cast_lm_head_to_fp32: bool = _f(False, "Not implemented.")
+    top_entropy_quantile: float = _f(1.0, "Not implemented.")
+    entropy_coef: float = _f(0.0, "Not implemented.")
+    use_adaptive_entropy: bool = _f(False, "Not implemented.")
+    max_tool_calling_iterations: int | None = _f(None, "Not implemented.")
+    off_policy_mask_threshold: float | None = _f(None, "Not implemented.")
+    log_completions_hub_repo: str | None = _f(None, "Not implemented.")
+
+    def _check_values(self) -> None:
+        super()._check_values()
+        self.scale_rewards = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"scale_rewards={self.scale_rewards!r}: use 'group', 'batch' or 'none'")
+        from rlhf_core.losses.grpo import GRPO_LOSS_TYPES
+
+        if self.loss_type in ("cispo", "sapo", "vespo", "luspo"):
+            raise NotImplementedError(
+                f"GRPOConfig.loss_type={self.loss_type!r} is not implemented: choose one of {sorted(GRPO_LOSS_TYPES)}"
+            )
+        if self.loss_type not in GRPO_LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r}: choose one of {sorted(GRPO_LOSS_TYPES)}")
+        if self.importance_sampling_level not in ("token", "sequence"):
+            raise ValueError(
+                f"importance_sampling_level={self.importance_sampling_level!r}: use 'token' or 'sequence'"
+            )
+        if self.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
+            raise ValueError(
+                f"multi_objective_aggregation={self.multi_objective_aggregation!r}: use 'sum_then_normalize' "
+                "or 'normalize_then_sum'"
+            )
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    """Configuration of `RLOOTrainer` (TRL 1.16's RLOOConfig fields and defaults)."""
+
+    num_generations: int = _f(2, "Completions sampled per prompt (k in the RLOO paper).")
+    beta: float = _f(0.05, "KL coefficient: the summed k1 KL to the reference is subtracted from the reward.")
+    normalize_advantages: bool = _f(False, "Whiten the leave-one-out advantages over the batch.")
+    reward_clip_range: tuple[float, float] | None = _f(None, "Clip the aggregated reward to (low, high).")
