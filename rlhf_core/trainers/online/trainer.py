@@ -290,7 +290,7 @@ class OnlineTrainer(Trainer):
             sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(model)
             with sync, acc.autocast():
                 out, entropy = self._micro_batch_loss(model, rollout, rows)
-            if not math.isfinite(float(out.loss)):
+            if not math.isfinite(float(out.loss.detach())):
                 model.zero_grad(set_to_none=True)
                 raise FloatingPointError(f"non-finite {self._name} loss {float(out.loss)} at step "
                                          f"{self.state.global_step + 1}, micro-batch {index + 1}")  # fmt: skip
