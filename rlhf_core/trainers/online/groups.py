@@ -17,9 +17,9 @@ from torch import nn
 
 from rlhf_core.data.collators import PromptCollator
 from rlhf_core.data.formats import is_conversational
-from rlhf_core.rollout.generation import generate
 from rlhf_core.rollout.logprobs import ResponseBatch
 from rlhf_core.rollout.sampling import SamplingParams
+from rlhf_core.trainers.ppo.experience import sample_responses
 
 __all__ = ["GroupBatch", "generation_rows", "sample_completions"]
 
@@ -85,19 +85,28 @@ def sample_completions(
     return_logprobs: bool,
     device: torch.device,
 ) -> GroupBatch:
-    """Sample one completion per example (a causal LM ``model``, in eval mode by the caller)."""
+    """Sample one completion per example from causal LM ``model`` (PPO's sampling function, in one chunk)."""
     collated = collator(examples)
     prompt_ids, prompt_mask = collated["input_ids"].to(device), collated["attention_mask"].to(device)
-    out = generate(
+    out = sample_responses(
         model, prompt_ids, prompt_mask, max_new_tokens=max_completion_length, pad_token_id=collator.pad_token_id,
-        stop_token_ids=stop_token_ids, sampling=sampling, return_logprobs=return_logprobs,
+        stop_token_ids=stop_token_ids, sampling=sampling, chunk_size=len(examples), return_logprobs=return_logprobs,
     )  # fmt: skip
-    texts, completion_ids = _completion_texts(out.response_ids, out.response_mask, tokenizer)
+    batch = out.batch
+    texts, completion_ids = _completion_texts(batch.response_ids, batch.response_mask, tokenizer)
     prompts = [e["prompt"] for e in examples]
     if is_conversational(prompts[0]):
         completions: list[Any] = [[{"role": "assistant", "content": text}] for text in texts]
     else:
         completions = texts
     columns = {key: [e.get(key) for e in examples] for key in examples[0] if key not in _HIDDEN_COLUMNS}
-    batch = ResponseBatch(out.prompt_ids, out.prompt_mask, out.response_ids, out.response_mask)
-    return GroupBatch(batch, out.finished, out.logprobs, prompts, completions, completion_ids, columns)
+    return GroupBatch(batch, _finished(batch, stop_token_ids), out.logprobs, prompts, completions, completion_ids,
+                      columns)  # fmt: skip
+
+
+def _finished(batch: ResponseBatch, stop_token_ids: list[int]) -> torch.Tensor:
+    """[L] bool: the completion ended with a stop token (else it was cut at max_completion_length)."""
+    if not stop_token_ids:
+        return torch.zeros(len(batch), dtype=torch.bool, device=batch.response_ids.device)
+    stops = torch.as_tensor(stop_token_ids, device=batch.response_ids.device)
+    return (torch.isin(batch.response_ids, stops) & (batch.response_mask == 1)).any(-1)

@@ -1,23 +1,21 @@
 """The models of an online run: the policy (loaded by name or given), its tokenizer, and the reference if beta != 0.
 
 ``beta=0`` keeps no reference model at all. A PEFT policy has no reference copy either: its base model with the
-adapters disabled is the reference (as in TRL and PPOTrainer).
+adapters disabled is the reference (as in TRL and PPOTrainer; see ``ppo.experience.reference_logprobs``).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from rlhf_core.models.module_state import disable_dropout, freeze
 from rlhf_core.models.reference import create_reference_model
 from rlhf_core.trainers.model_setup import apply_peft, is_peft_model, load_model, load_processing_class
-from rlhf_core.trainers.ppo.policy_value import disable_dropout
 
-__all__ = ["build_models", "reference_context", "sync_reference"]
+__all__ = ["build_models", "sync_reference"]
 
 
 def build_models(model: Any, args: Any, processing_class: Any, peft_config: Any) -> tuple[nn.Module, Any, Any]:
@@ -32,28 +30,11 @@ def build_models(model: Any, args: Any, processing_class: Any, peft_config: Any)
     policy = apply_peft(policy, peft_config, gradient_checkpointing=bool(args.gradient_checkpointing))
     ref_model = None
     if args.beta != 0.0 and not is_peft_model(policy):
-        ref_model = create_reference_model(policy)
-        ref_model.requires_grad_(False).eval()
+        ref_model = freeze(create_reference_model(policy))
     if args.disable_dropout:
         for module in (policy, ref_model):
             disable_dropout(module)
     return policy, ref_model, tokenizer
-
-
-@contextlib.contextmanager
-def reference_context(ref_model: nn.Module | None, policy: nn.Module) -> Iterator[nn.Module]:
-    """The reference in eval mode: ``ref_model``, or the PEFT policy with its adapters disabled."""
-    module = ref_model if ref_model is not None else policy
-    was_training = module.training
-    module.eval()
-    try:
-        if ref_model is not None:
-            yield ref_model
-        else:
-            with policy.disable_adapter():
-                yield policy
-    finally:
-        module.train(was_training)
 
 
 @torch.no_grad()

@@ -24,14 +24,14 @@ from transformers.trainer_utils import TrainOutput
 from rlhf_core.data.collators import PromptCollator
 from rlhf_core.data.tokenization import resolve_pad_token_id, tokenize_prompts
 from rlhf_core.losses.grpo import PolicyLossOutput
-from rlhf_core.rollout.logprobs import response_logprobs
 from rlhf_core.rollout.sampling import SamplingParams
 from rlhf_core.trainers.online.config import OnlineConfig
 from rlhf_core.trainers.online.groups import GroupBatch, generation_rows, local_examples, sample_completions
 from rlhf_core.trainers.online.metrics import CompletionLog, completion_metrics, reward_metrics
-from rlhf_core.trainers.online.models import build_models, reference_context, sync_reference
+from rlhf_core.trainers.online.models import build_models, sync_reference
 from rlhf_core.trainers.online.policy import CompletionPolicy
 from rlhf_core.trainers.online.reward_functions import RewardFunctions
+from rlhf_core.trainers.ppo.experience import reference_logprobs
 from rlhf_core.trainers.ppo.metrics import MetricsWindow
 
 __all__ = ["OnlineTrainer", "Rollout"]
@@ -214,17 +214,11 @@ class OnlineTrainer(Trainer):
         args, acc = self.args, self.accelerator
         examples = local_examples(self.train_dataset, rows, num_generations=args.num_generations,
                                   rank=acc.process_index, world=acc.num_processes)  # fmt: skip
-        policy = self._policy()
-        was_training = policy.training
-        policy.eval()
-        try:
-            group = sample_completions(
-                policy, examples, tokenizer=self.processing_class, collator=self.data_collator,
-                max_completion_length=args.max_completion_length, sampling=self._sampling(),
-                stop_token_ids=self.stop_ids, return_logprobs=self._needs_old_logps(), device=acc.device,
-            )  # fmt: skip
-        finally:
-            policy.train(was_training)
+        group = sample_completions(
+            self._policy(), examples, tokenizer=self.processing_class, collator=self.data_collator,
+            max_completion_length=args.max_completion_length, sampling=self._sampling(),
+            stop_token_ids=self.stop_ids, return_logprobs=self._needs_old_logps(), device=acc.device,
+        )  # fmt: skip
         mask = group.batch.response_mask
         if args.mask_truncated_completions:
             mask = mask * group.finished[:, None].to(mask.dtype)
@@ -248,9 +242,9 @@ class OnlineTrainer(Trainer):
                 "log_metric": self.completion_log.add_metric}  # fmt: skip
 
     def _reference_logprobs(self, group: GroupBatch) -> torch.Tensor:
-        with reference_context(self.ref_model, self._policy()) as ref:
-            return response_logprobs(ref, group.batch, temperature=self.args.temperature,
-                                     micro_batch_size=self.args.per_device_train_batch_size)  # fmt: skip
+        return reference_logprobs(group.batch, ref_model=self.ref_model, policy=self._policy(),
+                                  temperature=self.args.temperature,
+                                  micro_batch_size=self.args.per_device_train_batch_size)  # fmt: skip
 
     def _advantages(
         self, rewards_per_func: torch.Tensor, group: GroupBatch, ref_logps: torch.Tensor | None
