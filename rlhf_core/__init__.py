@@ -1,4 +1,4 @@
-"""rlhf_core: SFT, reward, DPO and PPO trainers in the shape TRL users know, with fused loss kernels.
+"""rlhf_core: SFT, reward, DPO, KTO and PPO trainers in the shape TRL users know, with fused loss kernels.
 
 Public names are re-exported here and imported lazily, so `import rlhf_core` stays cheap and loads
 neither prefect nor mlflow (the pipeline layers above import those).
@@ -19,6 +19,8 @@ _EXPORTS: dict[str, str] = {
     "RewardTrainer": "rlhf_core.trainers.preference.reward",
     "DPOConfig": "rlhf_core.trainers.preference.dpo_config",
     "DPOTrainer": "rlhf_core.trainers.preference.dpo",
+    "KTOConfig": "rlhf_core.trainers.preference.kto_config",
+    "KTOTrainer": "rlhf_core.trainers.preference.kto",
     "PPOConfig": "rlhf_core.trainers.ppo.config",
     "PPOTrainer": "rlhf_core.trainers.ppo.trainer",
     "GRPOConfig": "rlhf_core.trainers.online.config",

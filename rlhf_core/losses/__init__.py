@@ -1,7 +1,7 @@
 """rlhf_core.losses: pure loss functions (tensors in, keyword-only hyperparameters, detached stats out).
 
 One module per trainer: ``sft`` (here), ``reward`` and ``dpo`` (preference losses, the ``DPO_LOSSES`` registry),
-``ppo`` (masked statistics, KL estimators, GAE, clipped losses). Names are resolved lazily so that importing one
+``kto`` (unpaired preference losses, ``KTO_LOSSES``), ``ppo`` (masked statistics, KL estimators, GAE, clipped losses). Names are resolved lazily so that importing one
 loss module never depends on another.
 """
 
@@ -19,6 +19,11 @@ _EXPORTS: dict[str, str] = {
     "DPO_LOSSES": "rlhf_core.losses.dpo",
     "dpo_loss": "rlhf_core.losses.dpo",
     "register_dpo_loss": "rlhf_core.losses.dpo",
+    "KTOLossOutput": "rlhf_core.losses.kto",
+    "KTO_LOSSES": "rlhf_core.losses.kto",
+    "kto_loss": "rlhf_core.losses.kto",
+    "kto_reference_point": "rlhf_core.losses.kto",
+    "register_kto_loss": "rlhf_core.losses.kto",
     "KL_ESTIMATORS": "rlhf_core.losses.ppo",
     "clipped_policy_loss": "rlhf_core.losses.ppo",
     "clipped_value_loss": "rlhf_core.losses.ppo",

@@ -18,6 +18,8 @@ _EXPORTS: dict[str, str] = {
     "RewardTrainer": "rlhf_core.trainers.preference.reward",
     "DPOConfig": "rlhf_core.trainers.preference.dpo_config",
     "DPOTrainer": "rlhf_core.trainers.preference.dpo",
+    "KTOConfig": "rlhf_core.trainers.preference.kto_config",
+    "KTOTrainer": "rlhf_core.trainers.preference.kto",
     "PPOConfig": "rlhf_core.trainers.ppo.config",
     "PPOTrainer": "rlhf_core.trainers.ppo.trainer",
     "GRPOConfig": "rlhf_core.trainers.online.config",

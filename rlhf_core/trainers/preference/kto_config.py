@@ -1,0 +1,166 @@
+"""KTOConfig: `TrainingArguments` plus TRL 1.16's KTO fields (loss, class weights, reference model, lengths)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from rlhf_core.losses.kto import KTO_LOSSES
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+from rlhf_core.trainers.preference.data import check_length_policy
+
+__all__ = ["KTOConfig"]
+
+# TRL 1.16 KTOConfig fields this trainer accepts at their default only: {name: (default, why it is not done)}.
+_NOT_IMPLEMENTED: dict[str, tuple[Any, str]] = {
+    "activation_offloading": (False, "activations are not offloaded to the CPU"),
+    "sync_ref_model": (False, "the reference model is never synchronised with the policy (TR-DPO)"),
+    "ref_model_mixup_alpha": (0.6, "it only applies with sync_ref_model=True, which is not implemented"),
+    "ref_model_sync_steps": (512, "it only applies with sync_ref_model=True, which is not implemented"),
+}
+
+
+@dataclass
+class KTOConfig(ConfigDefaultsMixin, TrainingArguments):
+    """Configuration of `KTOTrainer` (every `TrainingArguments` field, with CPU-safe defaults, plus these).
+
+    Loss (arXiv:2402.01306): `loss_type` "kto" or "apo_zero_unpaired" (`rlhf_core.losses.kto.KTO_LOSSES`), `beta`,
+    `desirable_weight` / `undesirable_weight` (the paper's lambda_D / lambda_U).
+
+    The KL reference point of "kto" is estimated, as TRL does, from mismatched pairs: within each consecutive block
+    of `per_device_train_batch_size` examples, example i is scored with the completion of example i-1 (cyclically).
+    That pairing needs the data in its order, so ``train_sampling_strategy`` defaults to "sequential" (TRL's
+    default too) and another strategy is refused for "kto"; shuffle the dataset beforehand instead.
+
+    Reference model: as in `DPOConfig` (``ref_model=None``: a frozen copy of the initial policy, or the policy with
+    its adapter disabled for a PEFT model; ``precompute_ref_log_probs=True``: log-probs computed once before
+    training, no reference model kept).
+
+    Length policy: ``max_length`` tokens of prompt + completion; longer examples are truncated (the prompt keeps its
+    end and gives up tokens first, down to half of ``max_length``, then the completion keeps its start) or, with
+    ``overlong="drop"``, removed; the counts are logged. The mismatched sequences are cut to ``max_length`` too.
+
+    TRL fields accepted at their default only (a non-default value raises NotImplementedError):
+    ``activation_offloading``, ``sync_ref_model``, ``ref_model_mixup_alpha``, ``ref_model_sync_steps``, and
+    ``router_aux_loss_coef`` other than None / 0.0 (no MoE auxiliary loss). ``trust_remote_code`` is passed on
+    when the model is loaded by name.
+    """
+
+    # TRL's KTO defaults that differ from TrainingArguments
+    learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
+    train_sampling_strategy: str = field(
+        default="sequential",
+        metadata={
+            "help": "Training sampler. loss_type 'kto' needs 'sequential': each example's mismatched completion "
+            "comes from its neighbour in the batch.",
+            "choices": ["random", "sequential", "group_by_length"],
+        },
+    )
+
+    loss_type: str = field(
+        default="kto", metadata={"help": f"KTO loss variant, one of {sorted(KTO_LOSSES)}."}
+    )
+    beta: float = field(default=0.1, metadata={"help": "Strength of the implicit KL constraint (> 0)."})
+    desirable_weight: float = field(default=1.0, metadata={"help": "Weight of desirable examples' losses."})
+    undesirable_weight: float = field(
+        default=1.0, metadata={"help": "Weight of undesirable examples' losses."}
+    )
+    max_length: int | None = field(
+        default=1024, metadata={"help": "Maximum tokens of prompt + completion (None: no limit)."}
+    )
+    overlong: str = field(
+        default="truncate",
+        metadata={"help": "Examples longer than max_length: 'truncate' or 'drop' (counted)."},
+    )
+    pad_to_multiple_of: int | str | None = field(
+        default="auto",
+        metadata={"help": "Pad batches to a multiple of this many tokens ('auto': no padding off Neuron)."},
+    )
+    padding_free: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run a batch's rows as one row without padding when that computes less. None (default): where "
+            "the model supports it (checked at start); False: never."
+        },
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute reference log-probs in one pass before training and keep no reference model."
+        },
+    )
+    precompute_ref_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Examples per batch of the precompute pass (default: per_device_eval_batch_size)."},
+    )
+    logprobs_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rows per chunk of the fused linear->log-prob kernel (None: the kernel's default)."
+        },
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Set every dropout probability of the policy and reference to 0."}
+    )
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Processes used to tokenize the datasets (None: the main process)."}
+    )
+    model_init_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "from_pretrained keyword arguments when the model is given by name."}
+    )
+    ref_model_init_kwargs: dict | None = field(
+        default=None, metadata={"help": "from_pretrained keyword arguments when ref_model is given by name."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom model code from the hub when loading by name."}
+    )
+    router_aux_loss_coef: float | None = field(
+        default=None, metadata={"help": "MoE load-balancing loss weight: only None or 0.0 (not implemented)."}
+    )
+    activation_offloading: bool = field(default=False, metadata={"help": "Not implemented (must be False)."})
+    sync_ref_model: bool = field(default=False, metadata={"help": "Not implemented (must be False)."})
+    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "Not implemented (TR-DPO alpha)."})
+    ref_model_sync_steps: int = field(default=512, metadata={"help": "Not implemented (TR-DPO tau)."})
+
+    def __post_init__(self) -> None:
+        for name, (default, why) in _NOT_IMPLEMENTED.items():
+            if getattr(self, name) != default:
+                raise NotImplementedError(
+                    f"KTOConfig.{name}={getattr(self, name)!r} is not supported: {why}."
+                )
+        if self.router_aux_loss_coef not in (None, 0.0):
+            raise NotImplementedError(
+                f"KTOConfig.router_aux_loss_coef={self.router_aux_loss_coef!r} is not supported: no MoE "
+                "load-balancing loss is added (None or 0.0 only)."
+            )
+        if self.loss_type not in KTO_LOSSES:
+            raise ValueError(f"loss_type {self.loss_type!r} is unknown; known: {sorted(KTO_LOSSES)}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.uses_kl and self.train_sampling_strategy != "sequential":
+            raise ValueError(
+                f"loss_type {self.loss_type!r} estimates its KL reference point from each example's neighbour in "
+                f"the batch and needs train_sampling_strategy='sequential', got {self.train_sampling_strategy!r}; "
+                "shuffle the dataset beforehand instead"
+            )
+        if self.uses_kl and self.per_device_train_batch_size < 2:
+            raise ValueError(
+                f"loss_type {self.loss_type!r} needs per_device_train_batch_size >= 2: with one example per batch its "
+                "mismatched completion is its own, and the KL estimate equals the implied reward"
+            )
+        if isinstance(self.pad_to_multiple_of, str):
+            text = self.pad_to_multiple_of.lower()
+            # the CLI passes strings; 'auto' pads only on Neuron, which this project does not target
+            self.pad_to_multiple_of = None if text in ("auto", "none", "null") else int(text)
+        check_length_policy(self.max_length, None, self.overlong)
+        super().__post_init__()
+
+    @property
+    def uses_kl(self) -> bool:
+        """Whether the loss needs the KL reference point (every loss type but 'apo_zero_unpaired')."""
+        return self.loss_type != "apo_zero_unpaired"
