@@ -21,36 +21,19 @@ import torch
 from torch import nn
 
 from rlhf_core.losses.dpo import dpo_loss
-from rlhf_core.trainers.base import TokenNormalisedTrainer
-from rlhf_core.trainers.batch_tracking import ROW_IDS_KEY
-from rlhf_core.trainers.model_setup import (
-    is_peft_model,
-    load_model,
-    load_processing_class,
-    resolve_processing_class_alias,
-)
+from rlhf_core.models.module_state import eval_mode, freeze
+from rlhf_core.trainers.model_setup import is_peft_model, load_model
 from rlhf_core.trainers.padding_free import padding_free_cost_model, plan_layout
-from rlhf_core.trainers.preference.data import (
-    PreferencePairCollator,
-    length_policy,
-    prepare_preference_dataset,
-)
 from rlhf_core.trainers.preference.dpo_config import DPOConfig
-from rlhf_core.trainers.preference.evaluation import PreferenceEvaluationMixin
 from rlhf_core.trainers.preference.logprobs import SequenceLogProbs, completion_logprobs
-from rlhf_core.trainers.preference.model_prep import (
-    disable_dropout,
-    ensure_pad_token,
-    frozen_copy,
-    reference_adapter_disabled,
-    unwrap_model,
-)
+from rlhf_core.trainers.preference.model_prep import frozen_copy, reference_adapter_disabled, unwrap_model
+from rlhf_core.trainers.preference.pairwise import PairwiseTrainer
 from rlhf_core.trainers.preference.reference import precompute_reference_logps
 
 __all__ = ["DPOTrainer"]
 
 
-class DPOTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
+class DPOTrainer(PairwiseTrainer):
     """Direct preference optimisation of a causal LM (TRL-compatible constructor).
 
     Args:
@@ -64,6 +47,8 @@ class DPOTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
         processing_class / tokenizer: the tokenizer (``tokenizer=`` is an alias).
         peft_config: LoRA (or other PEFT) configuration; the reference pass then disables the adapter.
     """
+
+    config_class = DPOConfig
 
     def __init__(
         self,
@@ -79,44 +64,31 @@ class DPOTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
         peft_config: Any = None,
         **trainer_kwargs: Any,
     ) -> None:
-        args = DPOConfig() if args is None else args
-        if not isinstance(args, DPOConfig):
-            raise TypeError(f"args must be a DPOConfig, got {type(args).__name__}")
-        if model is None:
-            raise ValueError("DPOTrainer needs a model (an object or a name/path).")
-        processing_class = resolve_processing_class_alias(processing_class, tokenizer)
-        if isinstance(model, str):
-            processing_class = load_processing_class(model, processing_class)
-            model = load_model(model, model_init_kwargs=args.model_init_kwargs)
+        super().__init__(
+            model,
+            args,
+            data_collator,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            ref_model=ref_model,
+            tokenizer=tokenizer,
+            peft_config=peft_config,
+            **trainer_kwargs,
+        )
+
+    def _prepare_models(
+        self, model: nn.Module, ref_model: nn.Module | str | None, args: Any, peft_config: Any
+    ) -> nn.Module | None:
         if isinstance(ref_model, str):
             ref_model = load_model(ref_model, model_init_kwargs=args.ref_model_init_kwargs)
         if ref_model is not None and ref_model is model:
             raise ValueError("ref_model is the policy object itself: pass ref_model=None for a frozen copy.")
-        pad_token_id = ensure_pad_token(processing_class, model)
-        if args.disable_dropout:
-            disable_dropout(model)
-        ref_model = _initial_reference(model, ref_model, args, peft_config)
+        return _initial_reference(model, ref_model, args, peft_config)
 
-        self._length_policy = length_policy(args)
-        train_dataset = prepare_preference_dataset(
-            train_dataset, processing_class, **self._length_policy, what="train"
-        )
-        eval_dataset = prepare_preference_dataset(
-            eval_dataset, processing_class, **self._length_policy, what="eval"
-        )
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator or PreferencePairCollator(pad_token_id),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            peft_config=peft_config,
-            **trainer_kwargs,
-        )
-        self.ref_model = ref_model
+    def _finish_setup(self) -> None:
         self._cost_models: dict[int, Any] = {}
-        if args.precompute_ref_log_probs:
+        if self.args.precompute_ref_log_probs:
             self._precompute_and_release_reference()
         elif self.ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
@@ -140,16 +112,12 @@ class DPOTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
                 what=what,
             )
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             self.train_dataset = score(self.train_dataset, "train")
             if isinstance(self.eval_dataset, dict):
                 self.eval_dataset = {k: score(v, f"eval[{k}]") for k, v in self.eval_dataset.items()}
             else:
                 self.eval_dataset = score(self.eval_dataset, "eval")
-        finally:
-            self.model.train(was_training)
         # Keep no reference model: drop our handle (the caller's own variable, if any, is theirs).
         self.ref_model = reference = None
         gc.collect()
@@ -186,10 +154,6 @@ class DPOTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
         return self._cost_models[key]
 
     # ---- loss -----------------------------------------------------------------------------------------------
-
-    def count_loss_units(self, batch: dict[str, Any]) -> int:
-        """Pairs in a collated batch (its rows are chosen then rejected)."""
-        return int(batch["input_ids"].shape[0]) // 2
 
     def compute_loss(
         self,
@@ -237,25 +201,9 @@ class DPOTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
             for name, value in out.terms.items():
                 self.record_metric(f"loss/{name}", value)
 
-    # ---- evaluation -----------------------------------------------------------------------------------------
-
-    def prediction_step(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        prediction_loss_only: bool,
-        ignore_keys: list[str] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Loss, and (unless ``prediction_loss_only``) logits `[B, 2]` = implicit rewards (chosen, rejected)."""
-        inputs.pop(ROW_IDS_KEY, None)
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, out = self.compute_loss(model, inputs, return_outputs=True)
-        if prediction_loss_only:
-            return loss.detach(), None, None
-        logits = torch.stack([out.chosen_rewards, out.rejected_rewards], dim=1)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        return loss.detach(), logits, labels
+    def pair_scores(self, outputs: Any) -> torch.Tensor:
+        """``[B, 2]`` = implicit rewards (chosen, rejected)."""
+        return torch.stack([outputs.chosen_rewards, outputs.rejected_rewards], dim=1)
 
 
 def _initial_reference(
@@ -267,12 +215,7 @@ def _initial_reference(
     peft_reference = is_peft_model(model) or peft_config is not None
     if ref_model is None and not peft_reference and not args.precompute_ref_log_probs:
         ref_model = frozen_copy(model)
-    elif ref_model is not None:
-        ref_model.requires_grad_(False)
-        ref_model.eval()
-    if ref_model is not None and args.disable_dropout:
-        disable_dropout(ref_model)
-    return ref_model
+    return freeze(ref_model)
 
 
 def _wraps_peft(model: nn.Module) -> bool:

@@ -20,23 +20,16 @@ from torch import nn
 
 from rlhf_core.losses.reward import reward_loss
 from rlhf_core.models.reward_pooling import pad_token_id_of, right_padded, score_positions
-from rlhf_core.trainers.base import TokenNormalisedTrainer
-from rlhf_core.trainers.batch_tracking import ROW_IDS_KEY
-from rlhf_core.trainers.model_setup import load_model, load_processing_class, resolve_processing_class_alias
+from rlhf_core.trainers.model_setup import load_model
 from rlhf_core.trainers.padding_free import padding_free_cost_model, plan_layout
-from rlhf_core.trainers.preference.data import (
-    PreferencePairCollator,
-    length_policy,
-    prepare_preference_dataset,
-)
-from rlhf_core.trainers.preference.evaluation import PreferenceEvaluationMixin
-from rlhf_core.trainers.preference.model_prep import disable_dropout, ensure_pad_token, unwrap_model
+from rlhf_core.trainers.preference.model_prep import unwrap_model
+from rlhf_core.trainers.preference.pairwise import PairwiseTrainer
 from rlhf_core.trainers.preference.reward_config import RewardConfig
 
 __all__ = ["RewardTrainer"]
 
 
-class RewardTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
+class RewardTrainer(PairwiseTrainer):
     """Train a scalar reward model on preference pairs (TRL-compatible constructor).
 
     Args:
@@ -51,63 +44,28 @@ class RewardTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
         peft_config: LoRA (or other PEFT) configuration; use ``task_type="SEQ_CLS"`` so the score head trains.
     """
 
-    def __init__(
-        self,
-        model: nn.Module | str | None = None,
-        args: RewardConfig | None = None,
-        data_collator: Any = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        processing_class: Any = None,
-        *,
-        tokenizer: Any = None,
-        peft_config: Any = None,
-        **trainer_kwargs: Any,
-    ) -> None:
-        args = RewardConfig() if args is None else args
-        if not isinstance(args, RewardConfig):
-            raise TypeError(f"args must be a RewardConfig, got {type(args).__name__}")
-        if model is None:
-            raise ValueError("RewardTrainer needs a model (an object or a name/path).")
-        processing_class = resolve_processing_class_alias(processing_class, tokenizer)
-        if isinstance(model, str):
-            from rlhf_core.models.loading import load_sequence_classifier
+    config_class = RewardConfig
 
-            processing_class = load_processing_class(model, processing_class)
-            model = load_model(
-                model, model_init_kwargs=args.model_init_kwargs, loader=load_sequence_classifier
+    def _load_model(self, name: str, args: Any) -> nn.Module:
+        from rlhf_core.models.loading import load_sequence_classifier
+
+        return load_model(name, model_init_kwargs=args.model_init_kwargs, loader=load_sequence_classifier)
+
+    def _prepare_models(self, model: nn.Module, ref_model: Any, args: Any, peft_config: Any) -> None:
+        if ref_model is not None:
+            raise TypeError(
+                "RewardTrainer takes no ref_model (a reward model is trained without a reference)"
             )
         _check_scalar_head(model)
-        pad_token_id = ensure_pad_token(processing_class, model)
-        if args.disable_dropout:
-            disable_dropout(model)
-        self._length_policy = length_policy(args)
-        train_dataset = prepare_preference_dataset(
-            train_dataset, processing_class, **self._length_policy, what="train"
-        )
-        eval_dataset = prepare_preference_dataset(
-            eval_dataset, processing_class, **self._length_policy, what="eval"
-        )
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator or PreferencePairCollator(pad_token_id),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            peft_config=peft_config,
-            **trainer_kwargs,
-        )
+        return None
+
+    def _finish_setup(self) -> None:
         self._forward_takes_use_cache = (
             "use_cache" in inspect.signature(unwrap_model(self.model).forward).parameters
         )
-        self._cost_model = _reward_cost_model(self.model, args.padding_free)
+        self._cost_model = _reward_cost_model(self.model, self.args.padding_free)
 
     # ---- loss -------------------------------------------------------------------------------------------------
-
-    def count_loss_units(self, batch: dict[str, Any]) -> int:
-        """Pairs in a collated batch (its rows are chosen then rejected)."""
-        return int(batch["input_ids"].shape[0]) // 2
 
     def pair_rewards(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """`([B], [B])` rewards of the chosen and rejected sequences, from one forward pass over `[2B, T]`.
@@ -158,25 +116,9 @@ class RewardTrainer(PreferenceEvaluationMixin, TokenNormalisedTrainer):
             return out.loss, {"rewards_chosen": chosen.detach(), "rewards_rejected": rejected.detach()}
         return out.loss
 
-    # ---- evaluation -------------------------------------------------------------------------------------------
-
-    def prediction_step(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        prediction_loss_only: bool,
-        ignore_keys: list[str] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Loss, and (unless ``prediction_loss_only``) logits `[B, 2]` = (r_chosen, r_rejected) with labels 0."""
-        inputs.pop(ROW_IDS_KEY, None)
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, rewards = self.compute_loss(model, inputs, return_outputs=True)
-        if prediction_loss_only:
-            return loss.detach(), None, None
-        logits = torch.stack([rewards["rewards_chosen"], rewards["rewards_rejected"]], dim=1)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        return loss.detach(), logits, labels
+    def pair_scores(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, 2]`` = (r_chosen, r_rejected)."""
+        return torch.stack([outputs["rewards_chosen"], outputs["rewards_rejected"]], dim=1)
 
 
 def _reward_cost_model(model: nn.Module, setting: bool | None) -> Any:
