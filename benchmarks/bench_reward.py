@@ -7,9 +7,9 @@ AdamW, no gradient checkpointing, no evaluation or saving. Each implementation r
 median wall and CPU seconds per optimizer step after ``--warmup`` steps, non-padding tokens per step, peak RSS.
 Target printed beside the ratio: seconds per step <= 0.8x TRL.
 
-``accuracy``. The tiny model (``rlhf-tiny``) as a reward model trained on 80 % of the 2,308 valid HH-RLHF pairs
+``accuracy``. The tiny model (``rlhf-tiny``) as a reward model trained on 80 % of all 2,312 HH-RLHF pairs
 (shuffled with seed 0) and scored on the other 20 %: the share of held-out pairs whose chosen transcript gets the
-higher reward (chance: 0.5; the standard error on 462 pairs is about 0.023). Sequences are cut to 128 tokens with
+higher reward (chance: 0.5; the standard error on 463 pairs is about 0.023). Sequences are cut to 128 tokens with
 the prompt kept to its last 32 (the completions' openings carry most of the signal a 0.2M-parameter model can
 learn; longer context scored lower in our runs), one epoch, batch 16, lr 1e-3 with a cosine schedule, 1 thread.
 

@@ -1,4 +1,4 @@
-"""HH-RLHF text for the benchmarks: the bundled harmless-base test split (2,308 valid pairs, MIT licence).
+"""HH-RLHF text for the benchmarks: the bundled harmless-base test split (all 2,312 pairs, MIT licence).
 
 `hh_texts` gives single transcripts (the chosen side) for SFT, `hh_pairs` the preference pairs for reward/DPO,
 `hh_prompts` the prompts (up to the last "\\n\\nAssistant:") for PPO rollouts, and `hh_corpus` every transcript

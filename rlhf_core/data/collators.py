@@ -139,7 +139,7 @@ class PreferenceCollator:
 
     Rows carry ``prompt_input_ids``, ``chosen_input_ids``, ``rejected_input_ids`` (completions only) and optionally
     ``margin``. Returns ``input_ids``, ``attention_mask``, ``labels`` ``[2B, T]`` (right padded; labels -100 on
-    prompt and pad) and ``margin [B]`` (float) when the rows have one.
+    prompt and pad) and ``margin [B]`` (float) when a row has one (rows with ``None`` get 0, no margin).
     """
 
     def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None):
@@ -163,11 +163,11 @@ class PreferenceCollator:
             "attention_mask": pad_sequences([[1] * len(s) for s in seqs], 0, pad_to_multiple_of=multiple),
             "labels": pad_sequences(labels, IGNORE_INDEX, pad_to_multiple_of=multiple),
         }
-        has_margin = [e.get("margin") is not None for e in examples]
-        if any(has_margin):
-            if not all(has_margin):
-                raise ValueError("some rows of the batch have a 'margin' and others do not")
-            batch["margin"] = torch.tensor([float(e["margin"]) for e in examples], dtype=torch.float32)
+        margins = [e.get("margin") for e in examples]
+        if any(m is not None for m in margins):  # a row without one (None) has margin 0: no margin
+            batch["margin"] = torch.tensor(
+                [0.0 if m is None else float(m) for m in margins], dtype=torch.float32
+            )
         return batch
 
 

@@ -11,6 +11,11 @@
 
 Every problem with a row raises :class:`DataFormatError`, whose message names the row index and the field,
 e.g. ``row 12, field 'messages[3].role': unknown role 'bot'``.
+
+Real datasets are taken as they are: an empty (or whitespace-only) answer is a valid completion - it becomes the
+end-of-text token alone (Anthropic HH has pairs whose preferred answer is empty). Columns no format reads are
+ignored, whatever their type. UltraFeedback-style rows (a ``prompt`` string with ``chosen``/``rejected`` message
+lists that repeat the user turn) become conversational pairs whose prompt is the messages both sides share.
 """
 
 from __future__ import annotations
@@ -125,7 +130,8 @@ def validate_messages(
     Order rules: ``system`` only first; no two ``user`` or two ``assistant`` turns in a row; ``tool`` only after
     ``assistant`` or ``tool``; a conversation opens with ``system`` or ``user``. ``previous_role`` continues the
     checks from a prompt into its completion; ``first_role`` forces the first message's role (completions start
-    with ``assistant``). Assistant messages must have non-empty content (an empty answer teaches nothing).
+    with ``assistant``). Any message's content may be empty (an empty answer is a valid answer: the template's
+    end-of-turn tokens alone).
     """
     if not isinstance(messages, Sequence) or isinstance(messages, str):
         raise DataFormatError(
@@ -147,14 +153,7 @@ def validate_messages(
         content = message.get("content")
         if content is None:
             raise DataFormatError("missing content", index=index, field=f"{where}.content")
-        is_answer = role == "assistant"
-        require_string(
-            content,
-            index=index,
-            field=f"{where}.content",
-            allow_empty=not is_answer,
-            what="completion" if is_answer else "text",
-        )
+        require_string(content, index=index, field=f"{where}.content", allow_empty=True)
         _check_role_order(role, previous, first_role if k == 0 else None, index=index, field=f"{where}.role")
         previous = role
     return [dict(m) for m in messages]
@@ -238,9 +237,10 @@ def _both_assistant(chosen: Sequence[Mapping], rejected: Sequence[Mapping], at: 
 def normalise_preference_row(example: Mapping[str, Any], index: int) -> dict[str, Any]:
     """Validate a preference row (explicit or implicit prompt) -> ``{"prompt", "chosen", "rejected"[, "margin"]}``.
 
-    ``chosen``/``rejected`` become completions only (the prompt is extracted for implicit rows). Raises
-    :class:`DataFormatError` for missing or non-string fields, bad messages, empty completions and pairs whose
-    completions are identical (no preference signal).
+    ``chosen``/``rejected`` become completions only (the prompt is extracted for implicit rows, and for a string
+    prompt whose answers are message lists that repeat the user turn). An empty completion is valid (the
+    end-of-text token alone). Raises :class:`DataFormatError` for missing or non-string fields, bad messages and
+    pairs whose completions are identical (no preference signal). Other columns are ignored.
     """
     fmt = detect_format(example, index=index)
     if fmt is DataFormat.PREFERENCE_IMPLICIT:
@@ -255,6 +255,8 @@ def normalise_preference_row(example: Mapping[str, Any], index: int) -> dict[str
             raise
     elif fmt is DataFormat.PREFERENCE:
         prompt, chosen, rejected = example["prompt"], example["chosen"], example["rejected"]
+        if isinstance(prompt, str) and is_conversational(chosen) and is_conversational(rejected):
+            prompt, chosen, rejected = _messages_prompt(prompt, chosen, rejected, index=index)
     else:
         raise DataFormatError(f"not a preference row (detected {fmt.value})", index=index, field="chosen")
     row: dict[str, Any] = {"prompt": prompt}
@@ -262,6 +264,32 @@ def normalise_preference_row(example: Mapping[str, Any], index: int) -> dict[str
     if example.get("margin") is not None:
         row["margin"] = _check_margin(example["margin"], index=index)
     return row
+
+
+def _messages_prompt(prompt: str, chosen: list, rejected: list, *, index: int) -> tuple[list, list, list]:
+    """A string prompt with message-list answers (UltraFeedback-binarized) as a conversational pair.
+
+    Answers that start with the assistant turn get ``[{"role": "user", "content": prompt}]`` as their prompt.
+    Answers that repeat the conversation get the messages both share (cut so both completions start with an
+    assistant turn); the string prompt must then be one of its user turns (else the row is ambiguous).
+    """
+    if _opens_with_assistant(chosen) and _opens_with_assistant(rejected):
+        return [{"role": "user", "content": prompt}], chosen, rejected
+    for name, side in (("chosen", chosen), ("rejected", rejected)):
+        validate_messages(side, index=index, field=name)
+    shared, chosen, rejected = extract_prompt(chosen, rejected, index=index)
+    users = [m["content"].strip() for m in shared if m.get("role") == "user"]
+    if prompt.strip() not in users:
+        raise DataFormatError(
+            "the 'prompt' string is not a user turn of the conversation that 'chosen' and 'rejected' repeat",
+            index=index,
+            field="prompt",
+        )
+    return shared, chosen, rejected
+
+
+def _opens_with_assistant(messages: list) -> bool:
+    return bool(messages) and isinstance(messages[0], Mapping) and messages[0].get("role") == "assistant"
 
 
 def _validate_full(value: Any, *, index: int, field: str) -> None:
@@ -282,13 +310,17 @@ def validate_prompt(
 
 
 def validate_completion(prompt: Prompt, completion: Any, *, index: int | None, field: str) -> Prompt:
-    """Check one completion against its (already validated) prompt: same kind, non-empty, right roles."""
+    """Check one completion against its (already validated) prompt: same kind, right roles.
+
+    An empty or whitespace-only string completion is valid and becomes ``""`` (the end-of-text token alone).
+    """
     if isinstance(prompt, str):
         if not isinstance(completion, str) and completion is not None and is_conversational(completion):
             raise DataFormatError(
                 "a string prompt needs a string completion, got a message list", index=index, field=field
             )
-        return require_string(completion, index=index, field=field, what="completion")
+        completion = require_string(completion, index=index, field=field, allow_empty=True)
+        return completion if completion.strip() else ""
     if isinstance(completion, str) or completion is None:
         kind = "None" if completion is None else "a string"
         raise DataFormatError(
@@ -311,11 +343,15 @@ def validate_completion_pair(prompt: Any, chosen: Any, rejected: Any, *, index: 
 def normalise_sft_row(
     example: Mapping[str, Any], index: int, *, fmt: DataFormat, text_field: str = "text"
 ) -> dict[str, Any]:
-    """Validate an SFT row of format ``fmt`` -> ``{"text"}``, ``{"prompt", "completion"}`` or ``{"messages"}``."""
+    """Validate an SFT row of format ``fmt`` -> ``{"text"}``, ``{"prompt", "completion"}`` or ``{"messages"}``.
+
+    A row with nothing to learn (empty text, a conversation without an assistant turn) is valid here: the
+    tokeniser drops it and counts it (``OverlongReport.no_loss``).
+    """
     if fmt is DataFormat.LANGUAGE_MODELING:
         if text_field not in example:
             raise DataFormatError("missing column", index=index, field=text_field)
-        return {"text": require_string(example[text_field], index=index, field=text_field)}
+        return {"text": require_string(example[text_field], index=index, field=text_field, allow_empty=True)}
     if fmt is DataFormat.PROMPT_COMPLETION:
         for name in ("prompt", "completion"):
             if name not in example:
@@ -326,10 +362,7 @@ def normalise_sft_row(
     if fmt is DataFormat.CONVERSATIONAL:
         if "messages" not in example:
             raise DataFormatError("missing column", index=index, field="messages")
-        messages = validate_messages(example["messages"], index=index, field="messages")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise DataFormatError("no assistant message to learn from", index=index, field="messages")
-        return {"messages": messages}
+        return {"messages": validate_messages(example["messages"], index=index, field="messages")}
     raise DataFormatError(
         f"{fmt.value} rows are not SFT data (SFT takes text, prompt+completion or messages)",
         index=index,

@@ -57,9 +57,10 @@ def load_hh_rlhf(
 
     ``explicit_prompt=False`` gives the raw ``chosen``/``rejected`` columns (implicit prompt); ``True`` gives
     ``prompt``/``chosen``/``rejected`` via :func:`~rlhf_core.data.formats.extract_prompt` (prompt ends with
-    ``"\\n\\nAssistant:"``, completions start with the space after it). ``skip_invalid`` drops the few pairs that
-    fail validation (e.g. 4 rows of this file have an empty chosen answer), logging their indices; ``False``
-    raises :class:`DataFormatError` on the first. ``split`` picks a deterministic ``test_fraction`` slice (from
+    ``"\\n\\nAssistant:"``, completions start with the space after it). Every pair of the bundled file is valid
+    (4 of them prefer an empty answer: an empty completion, the end-of-text token alone). ``skip_invalid`` drops
+    pairs that fail validation in other files, logging their indices; ``False`` raises :class:`DataFormatError`
+    on the first. ``split`` picks a deterministic ``test_fraction`` slice (from
     ``seed``) or the rest; ``limit`` keeps the first rows after that.
     """
     file = _as_file(Path(path)) if path is not None else default_hh_rlhf_path()

@@ -63,14 +63,29 @@ def _category(
 
 CATEGORIES: tuple[Category, ...] = (
     _category("fruit", "fruits", "apple banana cherry grape lemon mango peach pear plum", "grape mango plum"),
-    _category("colour", "colours", "blue brown green orange pink purple red white yellow", "green purple white",
-              spellings=("color", "colors")),
+    _category(
+        "colour",
+        "colours",
+        "blue brown green orange pink purple red white yellow",
+        "green purple white",
+        spellings=("color", "colors"),
+    ),
     _category("animal", "animals", "cat dog fox horse otter owl rabbit tiger zebra", "otter owl zebra"),
-    _category("vegetable", "vegetables", "cabbage carrot celery leek onion potato pumpkin radish spinach",
-              "leek pumpkin radish"),
-    _category("tool", "tools", "chisel drill hammer ladder pliers rake saw shovel wrench", "hammer rake wrench"),
-    _category("sport", "sports", "boxing cricket cycling football golf hockey rowing rugby tennis",
-              "cycling rowing tennis"),
+    _category(
+        "vegetable",
+        "vegetables",
+        "cabbage carrot celery leek onion potato pumpkin radish spinach",
+        "leek pumpkin radish",
+    ),
+    _category(
+        "tool", "tools", "chisel drill hammer ladder pliers rake saw shovel wrench", "hammer rake wrench"
+    ),
+    _category(
+        "sport",
+        "sports",
+        "boxing cricket cycling football golf hockey rowing rugby tennis",
+        "cycling rowing tennis",
+    ),
 )
 PREFERRED: dict[str, frozenset[str]] = {c.plural: c.preferred for c in CATEGORIES}
 COUNT_WORDS: tuple[str, ...] = ("one", "two", "three")

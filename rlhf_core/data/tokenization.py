@@ -22,6 +22,10 @@ Over-long rows (``overlong=``): ``"truncate"`` (default) keeps the start of SFT 
 prompt keeps its end (and its leading bos) and the completions keep their start, the prompt giving up tokens
 first down to half of ``max_length``. ``"drop"`` removes the row. SFT rows left with no loss token by truncation
 are dropped too. Every call counts these in an :class:`OverlongReport` and logs it.
+
+Rows with nothing to learn: an SFT row without a single loss token (empty text, a conversation without an
+assistant turn under ``assistant_only_loss``) is dropped, counted (``OverlongReport.no_loss``) and logged, never
+an error. An empty preference or prompt-completion answer is the end-of-text token alone (it is learnable).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from rlhf_core.data.formats import (
 logger = logging.getLogger(__name__)
 
 Overlong = Literal["truncate", "drop"]
-_FIT, _TRUNCATED, _DROPPED = 0, 1, 2
+_FIT, _TRUNCATED, _DROPPED, _NO_LOSS = 0, 1, 2, 3
 _STATUS = "__overlong_status__"
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _SFT_FORMATS = (DataFormat.LANGUAGE_MODELING, DataFormat.PROMPT_COMPLETION, DataFormat.CONVERSATIONAL)
@@ -54,16 +58,23 @@ _SFT_FORMATS = (DataFormat.LANGUAGE_MODELING, DataFormat.PROMPT_COMPLETION, Data
 
 @dataclass
 class OverlongReport:
-    """How many rows were longer than the limit, and what happened to them."""
+    """How many rows were longer than the limit, and what happened to them; and the rows with no loss token."""
 
     total: int = 0
     truncated: int = 0
     dropped: int = 0
     max_length: int | None = None
     policy: str = "truncate"
+    no_loss: int = (
+        0  # SFT rows without a single loss token before truncation (dropped, not counted in dropped)
+    )
 
     def log(self, log: logging.Logger | None = None, what: str = "rows") -> None:
         log = log or logger
+        if self.no_loss:
+            log.warning(
+                "%s: dropped %d of %d with no loss token (nothing to learn)", what, self.no_loss, self.total
+            )
         if self.truncated or self.dropped:
             log.warning(
                 "%s: %d of %d longer than max_length=%s (policy %r): %d truncated, %d dropped",
@@ -223,7 +234,7 @@ class _SFTEncoder:
         tok, sp = self.tokenizer, self.sp
         if self.fmt is DataFormat.LANGUAGE_MODELING:
             ids = _with_end(_with_prefix(_encode(tok, row["text"]), sp), sp)
-            return ids, [1] * len(ids)
+            return ids, [int(bool(row["text"].strip()))] * len(ids)  # empty text: nothing to learn
         if self.fmt is DataFormat.CONVERSATIONAL:
             if self.assistant_only:
                 return assistant_tokens(tok, row["messages"], index=index, sp=sp)
@@ -264,8 +275,8 @@ class _PreferenceEncoder:
             for side in ("chosen", "rejected"):
                 ids = chat_completion(tok, prompt_ids, prompt, row[side], index=index, field=side)
                 out[f"{side}_input_ids"] = ids[: _end_of_last_eos(ids, 0, len(ids), sp.eos_id)]
-        if "margin" in row:
-            out["margin"] = row["margin"]
+        if "margin" in example:  # every row of a dataset with the column keeps it (None: no margin)
+            out["margin"] = row.get("margin")
         return out
 
 
@@ -298,6 +309,8 @@ def keep_end(ids: list[int], n: int, sp: SpecialTokens) -> list[int]:
 
 
 def _fit_sft(ids: list[int], mask: list[int], max_length: int | None, overlong: str):
+    if not any(mask):
+        return _NO_LOSS, ids, mask
     if max_length is None or len(ids) <= max_length:
         status = _FIT
     elif overlong == "drop":
@@ -357,10 +370,13 @@ def _finish(
         dropped=statuses.count(_DROPPED),
         max_length=max_length,
         policy=policy,
+        no_loss=statuses.count(_NO_LOSS),
     )
-    if report.dropped:
+    if report.dropped or report.no_loss:
         tokenized = tokenized.filter(
-            lambda status: [s != _DROPPED for s in status], input_columns=[_STATUS], batched=True
+            lambda status: [s not in (_DROPPED, _NO_LOSS) for s in status],
+            input_columns=[_STATUS],
+            batched=True,
         )
     report.log(logger, what)
     return tokenized.remove_columns(_STATUS), report

@@ -72,7 +72,7 @@ def test_unreadable_sources_are_rejected_with_the_reason(tmp_path):
 def test_each_bad_row_is_dropped_and_named_with_its_reason(tmp_path):
     bad = [
         {"prompt": "p", "chosen": "same", "rejected": "same"},  # 4 identical
-        {"prompt": "p", "chosen": "", "rejected": "b"},  # 5 empty
+        {"prompt": "p", "chosen": "", "rejected": "b"},  # 5 kept: an empty answer is valid (eos alone)
         dict(GOOD[0]),  # 6 duplicate of row 0
         {"question": "no preference columns"},  # 7 schema
         {"prompt": "p" * 100, "chosen": "a", "rejected": "b"},  # 8 overlong (limit 60 below)
@@ -83,11 +83,11 @@ def test_each_bad_row_is_dropped_and_named_with_its_reason(tmp_path):
     kept, report = validate_preference_rows(
         rows, IngestPolicy(max_row_chars=60, max_invalid_fraction=1.0), source=str(path)
     )
-    assert report.total_rows == 11 and report.kept_rows == 4 and len(kept) == 4
+    assert report.total_rows == 11 and report.kept_rows == 5 and len(kept) == 5
+    assert kept[-1] == {"prompt": "p", "chosen": "", "rejected": "b"}
     by_row = {p.index: p.kind for p in report.problems}
     assert by_row == {
         4: "identical",
-        5: "empty",
         6: "duplicate",
         7: "schema",
         8: "overlong",
@@ -96,7 +96,6 @@ def test_each_bad_row_is_dropped_and_named_with_its_reason(tmp_path):
     }
     assert report.counts() == {
         "identical": 1,
-        "empty": 1,
         "duplicate": 1,
         "schema": 2,
         "overlong": 1,

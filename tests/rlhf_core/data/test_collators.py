@@ -88,9 +88,11 @@ def test_preference_collator():
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     assert batch["labels"].tolist() == [[X, X, 3, 4], [X, 7, X, X], [X, X, 5, X], [X, 8, 9, 10]]
     assert batch["margin"].tolist() == [1.5, 0.0] and batch["margin"].dtype == torch.float32
+    rows[0]["margin"] = 2.0
+    rows[1]["margin"] = None  # None in the optional column: no margin, i.e. 0
+    assert PreferenceCollator(PAD)(rows)["margin"].tolist() == [2.0, 0.0]
     rows[1].pop("margin")
-    with pytest.raises(ValueError, match="margin"):
-        PreferenceCollator(PAD)(rows)
+    assert PreferenceCollator(PAD)(rows)["margin"].tolist() == [2.0, 0.0]
     rows[0].pop("margin")
     assert "margin" not in PreferenceCollator(PAD)(rows)
 

@@ -81,11 +81,9 @@ LM, PC, CONV = DataFormat.LANGUAGE_MODELING, DataFormat.PROMPT_COMPLETION, DataF
 @pytest.mark.parametrize(
     ("fmt", "row", "field", "words"),
     [
-        (LM, {"text": ""}, "text", "empty"),
         (LM, {"text": 5}, "text", "expected a string, got int"),
         (LM, {"text": None}, "text", "missing"),
         (LM, {"other": "x"}, "text", "missing column"),
-        (PC, {"prompt": "p", "completion": "   "}, "completion", "empty completion"),
         (PC, {"prompt": "p", "completion": ["a"]}, "completion", "expected a string"),
         (PC, {"prompt": 3, "completion": "c"}, "prompt", "expected a string or a list of messages, got int"),
         (PC, {"prompt": "p"}, "completion", "missing column"),
@@ -113,7 +111,6 @@ LM, PC, CONV = DataFormat.LANGUAGE_MODELING, DataFormat.PROMPT_COMPLETION, DataF
             "messages[1].content",
             "got int",
         ),
-        (CONV, {"messages": [user("q"), assistant(" ")]}, "messages[1].content", "empty completion"),
         (CONV, {"messages": [user("q"), user("q2"), assistant("a")]}, "messages[1].role", "two 'user'"),
         (
             CONV,
@@ -123,7 +120,6 @@ LM, PC, CONV = DataFormat.LANGUAGE_MODELING, DataFormat.PROMPT_COMPLETION, DataF
         ),
         (CONV, {"messages": [user("q"), system("s"), assistant("a")]}, "messages[1].role", "only come first"),
         (CONV, {"messages": [assistant("a"), user("q")]}, "messages[0].role", "must open with"),
-        (CONV, {"messages": [system("s"), user("q")]}, "messages", "no assistant message"),
         (CONV, {"messages": [user("q"), "not a dict"]}, "messages[1]", "expected a message mapping"),
     ],
 )
@@ -161,7 +157,6 @@ def test_explicit_preference_row_keeps_margin():
     [
         ({"prompt": "Q", "chosen": "same", "rejected": "same"}, "rejected", "identical"),
         ({"chosen": "Q: a b", "rejected": "Q: a b"}, "rejected", "identical"),
-        ({"prompt": "Q", "chosen": "", "rejected": "b"}, "chosen", "empty completion"),
         ({"prompt": "Q", "chosen": "a", "rejected": None}, "rejected", "missing"),
         ({"prompt": "Q", "chosen": 1.5, "rejected": "b"}, "chosen", "expected a string, got float"),
         ({"prompt": "Q", "chosen": "a", "rejected": "b", "margin": "big"}, "margin", "expected a number"),
@@ -187,11 +182,6 @@ def test_explicit_preference_row_keeps_margin():
             "rejected[0]",
             "expected a message mapping",
         ),
-        (
-            {"chosen": "\n\nHuman: hi\n\nAssistant:  ", "rejected": "\n\nHuman: hi\n\nAssistant: no"},
-            "chosen",
-            "empty",
-        ),
     ],
 )
 def test_bad_preference_rows_name_index_and_field(row, field, words):
@@ -200,6 +190,37 @@ def test_bad_preference_rows_name_index_and_field(row, field, words):
     assert err.value.index == 42 and err.value.field == field
     assert str(err.value).startswith(f"row 42, field '{field}'")
     assert words in str(err.value)
+
+
+def test_rows_with_nothing_to_learn_are_valid_sft_rows():
+    # the tokeniser drops and counts them (test_tokenization); validation must not stop the dataset
+    assert normalise_sft_row({"text": ""}, 0, fmt=LM) == {"text": ""}
+    assert normalise_sft_row({"prompt": "p", "completion": "   "}, 0, fmt=PC) == {
+        "prompt": "p",
+        "completion": "",
+    }
+    no_answer = [system("s"), user("q")]
+    assert normalise_sft_row({"messages": no_answer}, 0, fmt=CONV) == {"messages": no_answer}
+    empty_answer = [user("q"), assistant("")]
+    assert normalise_sft_row({"messages": empty_answer}, 0, fmt=CONV) == {"messages": empty_answer}
+
+
+def test_empty_preference_answers_are_valid_completions():
+    assert normalise_preference_row({"prompt": "Q", "chosen": "", "rejected": "b"}, 0) == {
+        "prompt": "Q",
+        "chosen": "",
+        "rejected": "b",
+    }
+    hh = {"chosen": "\n\nHuman: hi\n\nAssistant:  ", "rejected": "\n\nHuman: hi\n\nAssistant: no"}
+    assert normalise_preference_row(hh, 0) == {
+        "prompt": "\n\nHuman: hi\n\nAssistant:",
+        "chosen": "",
+        "rejected": " no",
+    }
+    chat = {"prompt": [user("q")], "chosen": [assistant("")], "rejected": [assistant("b")]}
+    assert normalise_preference_row(chat, 0)["chosen"] == [assistant("")]
+    with pytest.raises(DataFormatError, match="identical"):  # both empty: still no preference signal
+        normalise_preference_row({"prompt": "Q", "chosen": " ", "rejected": ""}, 0)
 
 
 def test_prompt_rows():

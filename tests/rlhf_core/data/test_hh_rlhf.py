@@ -25,21 +25,33 @@ def _raw_rows(n=None):
 
 
 @needs_hh
-def test_loads_all_valid_pairs():
+def test_loads_every_pair_of_the_file():
     ds = load_hh_rlhf()
     assert ds.column_names == ["chosen", "rejected"]
-    assert len(ds) == 2312 - len(EMPTY_ANSWER_ROWS)
+    assert len(ds) == len(_raw_rows()) == 2312
     raw = _raw_rows(3)
     assert ds[:3] == {"chosen": [r["chosen"] for r in raw], "rejected": [r["rejected"] for r in raw]}
 
 
 @needs_hh
-def test_invalid_rows_raise_when_not_skipped():
+def test_empty_answers_are_valid_pairs():
+    # the annotator preferred an empty answer: the completion is the end-of-text token alone
+    ds = load_hh_rlhf(explicit_prompt=True, skip_invalid=False)
+    raw = _raw_rows()
+    assert [i for i, row in enumerate(ds) if row["chosen"] == ""] == EMPTY_ANSWER_ROWS
+    for i in EMPTY_ANSWER_ROWS:
+        assert raw[i]["chosen"].endswith("\n\nAssistant: ") and ds[i]["rejected"].strip()
+
+
+def test_invalid_rows_raise_when_not_skipped(tmp_path):
+    rows = [{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}] * 2
+    rows.insert(1, {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": 7})
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataFormatError) as err:
-        load_hh_rlhf(skip_invalid=False)
-    assert (err.value.index, err.value.field) == (EMPTY_ANSWER_ROWS[0], "chosen") and "empty" in str(
-        err.value
-    )
+        load_hh_rlhf(path, skip_invalid=False)
+    assert (err.value.index, err.value.field) == (1, "rejected")
+    assert len(load_hh_rlhf(path)) == 2
 
 
 @needs_hh
@@ -81,7 +93,7 @@ def test_splits_are_disjoint_deterministic_and_complete():
         load_hh_rlhf(split="test", test_fraction=0.1),
         load_hh_rlhf(split="train", test_fraction=0.1),
     )
-    assert len(test) == round(2308 * 0.1) and len(test) + len(train) == 2308
+    assert len(test) == round(2312 * 0.1) and len(test) + len(train) == 2312
     assert not set(test["chosen"]) & set(train["chosen"])
     assert load_hh_rlhf(split="test")["chosen"] == test["chosen"]
     assert load_hh_rlhf(split="test", seed=1)["chosen"] != test["chosen"]

@@ -136,7 +136,7 @@ def test_sft_bad_row_inside_a_dataset_names_its_index(tokenizer):
     rows = [
         {"prompt": "a", "completion": "b"},
         {"prompt": "c", "completion": "d"},
-        {"prompt": "e", "completion": ""},
+        {"prompt": "e", "completion": None},
     ]
     with pytest.raises(DataFormatError) as err:
         tokenize_sft(rows, tokenizer)
