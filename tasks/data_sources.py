@@ -221,7 +221,8 @@ def _to_prompts(loaded: _Loaded) -> list[dict[str, Any]]:
             prompt = normalise_preference_row(row, i)["prompt"]
         elif fmt is DataFormat.CONVERSATIONAL:
             messages = normalise_sft_row(row, i, fmt=fmt)["messages"]
-            last = max(j for j, m in enumerate(messages) if m["role"] == "assistant")
+            # a conversation without an assistant turn is a prompt as a whole
+            last = max((j for j, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
             prompt = messages[:last]
             if not prompt:
                 raise DataFormatError(

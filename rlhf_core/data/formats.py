@@ -371,7 +371,13 @@ def normalise_sft_row(
 
 
 def normalise_prompt_row(example: Mapping[str, Any], index: int) -> Prompt:
-    """The validated ``prompt`` of a prompt-only row (a non-empty string or a message list)."""
+    """The validated ``prompt`` of a prompt-only row (a non-empty string or a message list).
+
+    A preference row without a ``prompt`` column (Anthropic HH style) gives the prompt its two answers share, so
+    the online trainers take a preference file as it is.
+    """
     if "prompt" not in example:
+        if "chosen" in example and "rejected" in example:
+            return normalise_preference_row(example, index)["prompt"]
         raise DataFormatError("missing column", index=index, field="prompt")
     return validate_prompt(example["prompt"], index=index, allow_empty=False)

@@ -68,12 +68,24 @@ def test_hh_source_as_messages(tmp_path):
 
 
 def test_bad_row_names_the_key_the_row_and_the_field(tmp_path):
-    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "", "rejected": "c"}]
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": 5, "rejected": "c"}]
     source = FileSource(path=_jsonl(tmp_path / "pairs.jsonl", rows))
     with pytest.raises(DataSourceError) as info:
         load_role_dataset(source, "dpo", key="data.preference")
     message = str(info.value)
     assert message.startswith("data.preference (file(") and "row 1" in message and "'chosen'" in message
+
+
+def test_what_the_trainers_accept_validation_accepts(tmp_path):
+    rows = [
+        {"prompt": "a", "chosen": "", "rejected": "c"}
+    ]  # an empty answer: eos alone, as the trainers take it
+    source = FileSource(path=_jsonl(tmp_path / "pairs.jsonl", rows))
+    assert load_role_dataset(source, "dpo")[0] == {"prompt": "a", "chosen": "", "rejected": "c"}
+    chat = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]}]
+    source = FileSource(path=_jsonl(tmp_path / "chat.jsonl", chat))
+    assert load_role_dataset(source, "eval")[0] == {"prompt": chat[0]["messages"]}  # no answer: all prompt
+    assert load_role_dataset(source, "sft")[0] == chat[0]  # the SFT trainer drops it (no loss token), counted
 
 
 def test_language_modelling_rows_hold_no_prompts(tmp_path):

@@ -204,3 +204,36 @@ def test_arrival_event_carries_uri_and_version_and_masks_the_source(tmp_path):
     assert "hunter2" not in json.dumps(fields["payload"])
     assert fields["id"] == arrival_event_fields(dataset)["id"]  # stable id per content
     assert Path(dataset.uri).name == DATA_FILE
+
+
+def test_ingest_accepts_what_the_trainers_accept(tmp_path):
+    """The whole shared HH file (empty answers included) and UltraFeedback-binarized rows with extra columns."""
+    from rlhf_core.data.hh_rlhf import default_hh_rlhf_path
+
+    hh = default_hh_rlhf_path()
+    if hh.is_file():  # the HH half needs the shared file; the fixture half runs everywhere
+        import gzip
+
+        with gzip.open(hh, "rt", encoding="utf-8") as handle:
+            raw = [json.loads(line) for line in handle]
+        kept, report = validate_preference_rows(raw, IngestPolicy(), source=str(hh))
+        assert report.accepted and report.problems == [] and len(kept) == len(raw) == 2312
+        assert kept[86]["chosen"] == "" and kept[86]["prompt"].endswith("\n\nAssistant:")
+    user = {"role": "user", "content": "Name a colour."}
+    ultrafeedback = {
+        "prompt": "Name a colour.",
+        "chosen": [user, {"role": "assistant", "content": "Blue."}],
+        "rejected": [user, {"role": "assistant", "content": "Seven."}],
+        "messages": [user, {"role": "assistant", "content": "Blue."}],
+        "score_chosen": 8.0,
+        "score_rejected": 2.0,
+    }
+    path = write_jsonl(tmp_path / "uf.jsonl", [ultrafeedback])
+    kept, report = validate_preference_rows(read_preference_file(str(path)), IngestPolicy(), source=str(path))
+    assert report.accepted and kept == [
+        {
+            "prompt": [user],
+            "chosen": [{"role": "assistant", "content": "Blue."}],
+            "rejected": [{"role": "assistant", "content": "Seven."}],
+        }
+    ]

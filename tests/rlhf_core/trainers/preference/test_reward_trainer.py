@@ -288,7 +288,7 @@ def test_clear_errors(tiny_tokenizer):
     with pytest.raises(ValueError, match="num_labels=1"):
         RewardTrainer(model=two_labels, args=quick_config(), train_dataset=data, tokenizer=tiny_tokenizer)
     bad = Dataset.from_dict(
-        {"prompt": ["Hi.", "Hello."], "chosen": ["Fine.", ""], "rejected": ["No.", "Bad."]}
+        {"prompt": ["Hi.", "Hello."], "chosen": ["Fine.", None], "rejected": ["No.", "Bad."]}
     )
     with pytest.raises(DataFormatError, match=r"row 1.*chosen"):
         RewardTrainer(

@@ -122,7 +122,7 @@ def test_dataset_text_field_keyword_and_formatting_func(tokenizer):
 def test_bad_rows_name_the_row_and_field():
     from rlhf_core.data.formats import DataFormatError
 
-    data = Dataset.from_dict({"prompt": ["ok", "fine"], "completion": [" yes", ""]})
+    data = Dataset.from_dict({"prompt": ["ok", "fine"], "completion": [" yes", None]})  # "" would be valid
     with pytest.raises(DataFormatError) as info:
         SFTTrainer("rlhf-tiny", args=_config(), train_dataset=data)
     assert "1" in str(info.value) and "completion" in str(info.value)
