@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tasks.stage_registry import stage_names
+
 __all__ = ["EXIT_FAILED", "EXIT_USER_ERROR", "build_parser", "main"]
 
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
-_STAGES = ("sft", "reward", "dpo", "ppo")
 _START = time.perf_counter()
 
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_cmd_validate)
 
     train = sub.add_parser("train", help="run one stage alone (its inputs from the config's model section)")
-    train.add_argument("stage", choices=_STAGES)
+    train.add_argument("stage", choices=stage_names())
     _add_config_arguments(train)
     train.add_argument("--refresh", action="store_true", help="retrain even if this stage is cached")
     train.set_defaults(handler=_cmd_train)
@@ -108,7 +109,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    others = [f"stages.{s}.enabled=false" for s in _STAGES if s != args.stage]
+    others = [f"stages.{s}.enabled=false" for s in stage_names() if s != args.stage]
     return _execute(args, [f"stages.{args.stage}.enabled=true", *others])
 
 

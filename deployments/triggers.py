@@ -14,6 +14,7 @@ from typing import Any
 from prefect.events import DeploymentEventTrigger
 
 from tasks.ingest import PREFERENCE_DATA_ARRIVED
+from tasks.stage_registry import STAGES
 
 DATASET_URI_TEMPLATE = "{{ event.payload.uri }}"
 DATASET_VERSION_TEMPLATE = "{{ event.payload.version }}"
@@ -25,15 +26,18 @@ def retrain_config(base_config: Mapping[str, Any]) -> dict[str, Any]:
 
     - ``data.preference`` becomes the ingested file (reward model and DPO read it unless they name their own);
     - ``name`` gets ``-data-<version>`` so the run, its MLflow runs and the registry show which data made it;
-    - when PPO scores rollouts with the synthetic judge and takes its prompts from ``data.preference``, those
-      prompts are pinned to the old source, since the judge only knows the synthetic task's prompts.
+    - when an online stage (PPO) scores rollouts with the synthetic judge and takes its prompts from
+      ``data.preference``, those prompts are pinned to the old source, since the judge only knows the synthetic
+      task's prompts.
     """
     config = copy.deepcopy(dict(base_config))
     data = dict(config.get("data") or {})
     previous = data.get("preference")
-    ppo = (config.get("stages") or {}).get("ppo") or {}
-    if ppo.get("enabled", True) and ppo.get("reward") == "judge" and data.get("ppo") is None and previous:
-        data["ppo"] = previous
+    for name, stage in STAGES.items():
+        block = (config.get("stages") or {}).get(name) or {}
+        judged = stage.scored_online and block.get("enabled", True) and block.get("reward") == "judge"
+        if judged and data.get(name) is None and previous:
+            data[name] = previous
     data["preference"] = {"source": "file", "path": DATASET_URI_TEMPLATE}
     config["data"] = data
     config["name"] = f"{config.get('name') or 'rlhf'}-data-{DATASET_VERSION_TEMPLATE}"

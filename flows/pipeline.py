@@ -16,9 +16,10 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from flows.report import PipelineSummary, markdown_table, stage_rows
 from tasks.config import PipelineConfig
 from tasks.digests import digest_of, short
-from tasks.plan import PipelinePlan, build_plan
+from tasks.plan import build_plan
 from tasks.results import PreparedData, StageResult
-from tasks.stage_tasks import TRAINING_TASKS, StageJob, evaluate, prepare_data, register
+from tasks.stage_specs import PipelinePlan, StageJob
+from tasks.stage_tasks import TRAINING_TASKS, evaluate, prepare_data, register
 from tasks.tracking import runs as tracking
 from tasks.tracking.check import ensure_tracking_reachable, redact_secrets
 
@@ -37,8 +38,6 @@ def _job(
         evaluation=config.evaluation,
         scale_out=config.scale_out,
         datasets=[data.datasets[role] for role in stage_plan.data_roles],
-        # Samples are scored by a reward model once one exists: the trained one after the reward stage.
-        sample_reward_model=plan.reward_model if stage in ("dpo", "ppo") else config.model.reward_model,
         log_models=config.tracking.log_models,
         refresh=refresh,
     )

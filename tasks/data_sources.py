@@ -31,9 +31,10 @@ from rlhf_core.data.formats import (
     normalise_sft_row,
 )
 from tasks.config.sources import DataSource, FileSource, HHRLHFSource, HubSource, SyntheticSource
+from tasks.stage_registry import get_stage
 
 __all__ = [
-    "ROLE_FORMS",
+    "role_form",
     "DataSourceError",
     "content_digest",
     "describe_source",
@@ -41,14 +42,11 @@ __all__ = [
     "load_role_dataset",
 ]
 
-# Which form each data role needs.
-ROLE_FORMS: dict[str, str] = {
-    "sft": "sft",
-    "reward": "preference",
-    "dpo": "preference",
-    "ppo": "prompts",
-    "eval": "prompts",
-}
+
+def role_form(role: str) -> str:
+    """The form a data role needs: the stage's (`tasks.stage_registry`), prompts for ``eval``."""
+    return "prompts" if role == "eval" else get_stage(role).data
+
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
@@ -75,7 +73,7 @@ def describe_source(source: DataSource) -> str:
 def load_role_dataset(source: DataSource, role: str, *, key: str | None = None) -> Dataset:
     """The rows of ``source`` in the form ``role`` needs; errors name ``key`` (e.g. ``data.sft``)."""
     key = key or f"data.{role}"
-    form = ROLE_FORMS[role]
+    form = role_form(role)
     try:
         loaded = _load(source, form)
         rows = _CONVERTERS[form](loaded)

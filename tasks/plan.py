@@ -9,37 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from tasks.config import PipelineConfig
+from tasks.config.stages import StageSettings
 from tasks.digests import short, stage_digest
 from tasks.results import PreparedData
-from tasks.training.run import StageSpec
+from tasks.stage_registry import STAGES, StageDefinition, preference_stages, reward_model_stage
+from tasks.stage_specs import PipelinePlan, StagePlan, StageSpec
 
-__all__ = ["PipelinePlan", "StagePlan", "build_plan"]
-
-
-class StagePlan(BaseModel):
-    stage: str
-    digest: str
-    spec: StageSpec
-    input_policy: str  # the policy sampled in the "before" table (the reward stage: the policy it scores)
-    data_roles: list[str]
-    retries: int
-    timeout_s: float | None
-
-
-class PipelinePlan(BaseModel):
-    base_model: str
-    stages: dict[str, StagePlan]
-    reward_model: str | None
-    reference: str  # policy name that KL and win rate are measured against
-
-    def policies(self) -> dict[str, str]:
-        """Policy name -> checkpoint, in pipeline order: base, then every enabled policy stage."""
-        out = {"base": self.base_model}
-        out.update({s: str(p.spec.final_dir) for s, p in self.stages.items() if s != "reward"})
-        return out
+__all__ = ["build_plan"]
 
 
 def _resolve(name_or_path: str) -> str:
@@ -56,65 +33,86 @@ class _PlanBuilder:
         self.root = Path(config.output_dir).resolve() / "stages"
         self.stages: dict[str, StagePlan] = {}
         self.digests: dict[str, str] = {}
+        self.base = _resolve(config.model.name_or_path)
+        given = config.model.reward_model
+        self.reward_model = _resolve(given) if given else None  # replaced by the reward stage's once planned
 
-    def add(
-        self, stage: str, start: str, start_name: str, upstream: list[str], input_policy: str, **extra
-    ) -> str:
-        """Plan ``stage`` starting from ``start`` (``start_name`` enters the digest); returns its final folder."""
-        config, settings = self.config, getattr(self.config.stages, stage)
-        inputs = {u: self.digests[u] for u in upstream if u in self.digests}
-        if extra.get("reward_model") and "reward" not in self.digests:
-            inputs["reward_model"] = str(config.model.reward_model)  # a given, not trained, reward model
+    def start_of(self, stage: StageDefinition) -> tuple[str, str, list[str]]:
+        """(start folder, its name in the digest, upstream stages) of ``stage``."""
+        backbone = self.config.model.reward_backbone
+        if stage.produces == "reward_model" and backbone:
+            return _resolve(backbone), backbone, []
+        upstream = self.stages.get(stage.starts_from) if stage.starts_from else None
+        if upstream is None:
+            return self.base, self.config.model.name_or_path, []
+        return str(upstream.spec.final_dir), f"{upstream.stage}:{upstream.digest}", [upstream.stage]
+
+    def add(self, stage: StageDefinition) -> None:
+        config, settings = self.config, self.config.stages.get(stage.name)
+        start, start_name, upstream = self.start_of(stage)
+        policy = start if stage.produces == "policy" else self._policy()  # the reward stage scores the policy
+        scoring = self._scoring(stage, settings)
+        inputs = {u: self.digests[u] for u in upstream}
+        if scoring.get("reward_model"):
+            trained = reward_model_stage()
+            if trained in self.digests:
+                inputs[trained] = self.digests[trained]
+            else:  # a given, not trained, reward model
+                inputs["reward_model"] = str(config.model.reward_model)
         digest = stage_digest(
             config,
-            stage,
+            stage.name,
             start_model=start_name,
-            data_digests={stage: self.data.digest(stage)},
+            data_digests={stage.name: self.data.digest(stage.name)},
             upstream=inputs,
         )
         spec = StageSpec(
-            stage=stage,
+            stage=stage.name,
             model=start,
-            train_data=self.data.datasets[stage].path,
-            stage_dir=str(self.root / f"{stage}-{short(digest)}"),
+            train_data=self.data.datasets[stage.name].path,
+            stage_dir=str(self.root / f"{stage.name}-{short(digest)}"),
             args=settings.args,
             lora=settings.lora,
             seed=config.seed,
             resume=settings.resume,
-            **extra,
+            **scoring,
         )
-        self.digests[stage] = digest
-        self.stages[stage] = StagePlan(
-            stage=stage,
+        self.digests[stage.name] = digest
+        self.stages[stage.name] = StagePlan(
+            stage=stage.name,
             digest=digest,
             spec=spec,
-            input_policy=input_policy,
-            data_roles=[stage],
+            input_policy=policy,
+            # Samples are scored by a reward model once one exists: the trained one after the reward stage.
+            sample_reward_model=self.reward_model,
+            data_roles=[stage.name],
             retries=settings.retries,
             timeout_s=settings.timeout_s,
         )
-        return str(spec.final_dir)
+        if stage.produces == "reward_model":
+            self.reward_model = str(spec.final_dir)
+
+    def _policy(self) -> str:
+        """The latest policy planned so far (the SFT model once SFT is planned), else the base model."""
+        policies = [p for s, p in self.stages.items() if STAGES[s].produces == "policy"]
+        return str(policies[-1].spec.final_dir) if policies else self.base
+
+    def _scoring(self, stage: StageDefinition, settings: StageSettings) -> dict[str, str | None]:
+        if not stage.scored_online:
+            return {}
+        if settings.reward == "judge":
+            return {"reward": "judge", "reward_model": None}
+        return {"reward": "reward_model", "reward_model": self.reward_model}
 
 
 def build_plan(config: PipelineConfig, data: PreparedData) -> PipelinePlan:
-    """Digests, folders and specs of every enabled stage, in order (sft, reward, dpo, ppo)."""
+    """Digests, folders and specs of every enabled stage, in registry order."""
     plan = _PlanBuilder(config, data)
-    base = _resolve(config.model.name_or_path)
-    policy, policy_name = base, config.model.name_or_path
-    if config.stages.sft.enabled:
-        policy = plan.add("sft", base, policy_name, [], base)
-        policy_name = f"sft:{plan.digests['sft']}"
-    reward_model = _resolve(config.model.reward_model) if config.model.reward_model else None
-    if config.stages.reward.enabled:
-        backbone = config.model.reward_backbone
-        start, start_name = (_resolve(backbone), backbone) if backbone else (policy, policy_name)
-        reward_model = plan.add("reward", start, start_name, [] if backbone else ["sft"], policy)
-    if config.stages.dpo.enabled:
-        plan.add("dpo", policy, policy_name, ["sft"], policy)
-    ppo = config.stages.ppo
-    if ppo.enabled:
-        uses_rm = ppo.reward == "reward_model"
-        plan.add("ppo", policy, policy_name, ["sft", "reward"] if uses_rm else ["sft"], policy,
-                 reward=ppo.reward, reward_model=reward_model if uses_rm else None)  # fmt: skip
-    reference = "sft" if config.stages.sft.enabled else "base"
-    return PipelinePlan(base_model=base, stages=plan.stages, reward_model=reward_model, reference=reference)
+    for name in config.stages.enabled():
+        plan.add(STAGES[name])
+    # KL and win rate are measured against the policy the preference stages start from (SFT), else the base.
+    starts = [STAGES[s].starts_from for s in preference_stages()]
+    reference = next((s for s in starts if s in plan.stages), "base")
+    return PipelinePlan(
+        base_model=plan.base, stages=plan.stages, reward_model=plan.reward_model, reference=reference
+    )

@@ -15,52 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from pydantic import BaseModel
 
-from tasks.config import EvaluationSettings, PipelineConfig, ScaleOutSettings
+from tasks.config import EvaluationSettings, PipelineConfig
 from tasks.digests import digest_of
 from tasks.evaluation import evaluate_policies, sample_rows
 from tasks.model_registry import choose_policy, register_policy
-from tasks.plan import PipelinePlan, StagePlan
 from tasks.prepare import load_prompts, materialise_data
 from tasks.results import (
     EvaluationResult,
     PreparedData,
-    PreparedDataset,
     RegistrationResult,
     StageResult,
     TrainOutcome,
 )
+from tasks.stage_registry import STAGES, preference_stages
+from tasks.stage_specs import PipelinePlan, StageJob, StagePlan
 from tasks.tracking import runs as tracking
 from tasks.training.launch import train_stage
 from tasks.training.run import resolve_trainer_config
 
-__all__ = [
-    "StageJob",
-    "TRAINING_TASKS",
-    "evaluate",
-    "prepare_data",
-    "register",
-    "train_dpo",
-    "train_ppo",
-    "train_reward",
-    "train_sft",
-]
-
-
-class StageJob(BaseModel):
-    """The input of one training-stage task."""
-
-    plan: StagePlan
-    parent_run_id: str
-    output_dir: str
-    eval_prompts: str
-    evaluation: EvaluationSettings
-    scale_out: ScaleOutSettings
-    datasets: list[PreparedDataset]
-    sample_reward_model: str | None = None
-    log_models: bool = True
-    refresh: bool = False
+__all__ = ["TRAINING_TASKS", "evaluate", "prepare_data", "register", "run_training_job"]
 
 
 def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -105,9 +79,8 @@ def _finished_outcome(plan: StagePlan) -> TrainOutcome | None:
     return None
 
 
-def _log_stage_inputs(job: StageJob) -> None:
+def _log_stage_inputs(job: StageJob, trainer_config: Any) -> None:
     spec = job.plan.spec
-    config = resolve_trainer_config(spec).to_dict()
     tracking.log_dict(
         {
             "stage": spec.stage,
@@ -120,7 +93,7 @@ def _log_stage_inputs(job: StageJob) -> None:
                 d.role: {"digest": d.digest, "rows": d.num_rows, "source": d.description}
                 for d in job.datasets
             },
-            "trainer_config": config,
+            "trainer_config": trainer_config.to_dict(),
         },
         "stage_config.json",
     )
@@ -144,13 +117,14 @@ def run_training_job(job: StageJob) -> StageResult:
     """Open the stage's run, log inputs and 'before' samples, train (or reuse), log model and 'after' samples."""
     wall = time.perf_counter()
     plan, spec = job.plan, job.plan.spec
-    is_reward = spec.stage == "reward"
+    is_reward = STAGES[spec.stage].produces == "reward_model"
+    trainer_config = resolve_trainer_config(spec)  # once per stage: logged here, trained with below
     with (
         _stage_lock(Path(spec.stage_dir)),
         tracking.stage_run(job.parent_run_id, spec.stage, tags={"rlhf.digest": plan.digest}) as run_id,
     ):
-        _log_stage_inputs(job)
-        work = _samples(job, plan.input_policy, job.sample_reward_model, "before")
+        _log_stage_inputs(job, trainer_config)
+        work = _samples(job, plan.input_policy, plan.sample_reward_model, "before")
         outcome = None if job.refresh else _finished_outcome(plan)
         if outcome is not None:
             tracking.set_tags(run_id, {"rlhf.reused_checkpoint": outcome.final_dir})
@@ -159,7 +133,7 @@ def run_training_job(job: StageJob) -> StageResult:
             spec = spec.model_copy(
                 update={"mlflow_run_id": run_id, "tracking_uri": tracking.configure_tracking()}
             )
-            outcome = train_stage(spec, job.scale_out)
+            outcome = train_stage(spec, job.scale_out, trainer_config)
             work += time.perf_counter() - start
         model_uri = None
         if job.log_models:
@@ -169,7 +143,7 @@ def run_training_job(job: StageJob) -> StageResult:
                 max_new_tokens=job.evaluation.max_new_tokens,
             )
         after_policy = plan.input_policy if is_reward else outcome.final_dir
-        after_rm = outcome.final_dir if is_reward else job.sample_reward_model
+        after_rm = outcome.final_dir if is_reward else plan.sample_reward_model
         work += _samples(job, after_policy, after_rm, "after")
         tracking.log_metrics(
             run_id, {"stage_train_seconds": outcome.train_seconds, "stage_work_seconds": work}
@@ -209,11 +183,8 @@ def _training_task(stage: str):
     )(body)
 
 
-train_sft = _training_task("sft")
-train_reward = _training_task("reward")
-train_dpo = _training_task("dpo")
-train_ppo = _training_task("ppo")
-TRAINING_TASKS = {"sft": train_sft, "reward": train_reward, "dpo": train_dpo, "ppo": train_ppo}
+# One Prefect task per registry stage (``train-sft``, ...), so each shows under its own name in the UI.
+TRAINING_TASKS = {name: _training_task(name) for name in STAGES}
 
 
 @task(name="prepare-data", retries=1, retry_condition_fn=_retry_condition, timeout_seconds=1800)
@@ -266,7 +237,7 @@ def register(
     """Register the final policy; the `champion` alias moves only when it beats the champion (config rule)."""
     rule = config.tracking.champion
     chosen = config.tracking.register_policy
-    candidates = [s for s in ("dpo", "ppo") if s in results] if chosen == "best" else [chosen]
+    candidates = [s for s in preference_stages() if s in results] if chosen == "best" else [chosen]
     if not candidates or results[candidates[0]].model_uri is None:
         return None
     policy = choose_policy(evaluation.policies, candidates, rule)

@@ -25,10 +25,9 @@ from tasks.config.sources import (
     ModelSource,
     SyntheticSource,
 )
-from tasks.config.stages import STAGE_NAMES, StagesSettings, build_trainer_config, check_trainer_args
+from tasks.config.stages import StageSettings, StagesSettings, build_trainer_config, check_trainer_args
 
 __all__ = [
-    "STAGE_NAMES",
     "ChampionRule",
     "ConfigError",
     "DataSettings",
@@ -40,6 +39,7 @@ __all__ = [
     "ModelSource",
     "PipelineConfig",
     "ScaleOutSettings",
+    "StageSettings",
     "StagesSettings",
     "SyntheticSource",
     "TrackingSettings",

@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.config.sources import DataSettings, ModelSource, SyntheticSource
-from tasks.config.stages import STAGE_NAMES, StagesSettings
+from tasks.config.stages import StagesSettings
+from tasks.stage_registry import STAGES, preference_stages, reward_model_stage, stage_names
 
 __all__ = [
     "ChampionRule",
@@ -67,11 +68,19 @@ class TrackingSettings(_Strict):
     experiment_name: str = Field("rlhf", min_length=1)
     registered_model_name: str = Field("rlhf-policy", min_length=1)
     champion: ChampionRule = Field(default_factory=ChampionRule)
-    register_policy: Literal["best", "dpo", "ppo"] = Field(
+    register_policy: str = Field(
         "best",
-        description="Which preference-tuned policy to register: the better one by the champion metric.",
+        description="Which preference-tuned policy to register: 'best' (the best one by the champion metric) "
+        f"or a stage name ({', '.join(preference_stages())}).",
     )
     log_models: bool = Field(True, description="Log each stage's final checkpoint as an MLflow model.")
+
+    @field_validator("register_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value != "best" and value not in preference_stages():
+            raise ValueError(f"expected 'best' or one of {', '.join(preference_stages())}, got {value!r}")
+        return value
 
 
 class ScaleOutSettings(_Strict):
@@ -83,10 +92,18 @@ class ScaleOutSettings(_Strict):
     accelerate_config: str | None = Field(
         None, description="An accelerate config file (accelerate launch --config_file), e.g. for FSDP."
     )
-    stages: list[Literal["sft", "reward", "dpo", "ppo"]] = Field(
-        default_factory=lambda: list(STAGE_NAMES),
+    stages: list[str] = Field(
+        default_factory=lambda: list(stage_names()),
         description="Stages launched this way when num_processes > 1.",
     )
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage {unknown[0]!r} (expected one of {', '.join(STAGES)})")
+        return value
 
     @field_validator("accelerate_config")
     @classmethod
@@ -123,35 +140,26 @@ class PipelineConfig(_Strict):
 
     # ---- derived facts ---------------------------------------------------------------------------------------
     def has_reward_model(self) -> bool:
-        return self.stages.reward.enabled or self.model.reward_model is not None
+        trained = reward_model_stage()
+        return (
+            trained is not None and self.stages.get(trained).enabled
+        ) or self.model.reward_model is not None
 
     def preference_stages(self) -> list[str]:
-        return [s for s in ("dpo", "ppo") if getattr(self.stages, s).enabled]
+        """The enabled stages whose policy can be registered (DPO, PPO, ...)."""
+        return [s for s in preference_stages() if self.stages.get(s).enabled]
+
+    def online_stages(self) -> list[str]:
+        """The enabled stages that score their own samples (PPO, ...)."""
+        return [s for s in self.stages.enabled() if STAGES[s].scored_online]
 
 
 def stage_order_problems(config: PipelineConfig) -> list[str]:
     """Combinations that cannot run, each as one message naming the keys involved."""
     problems: list[str] = []
-    stages = config.stages
-    if not stages.enabled():
-        problems.append("stages: every stage is disabled; enable at least one of sft, reward, dpo, ppo")
-    if stages.ppo.enabled and stages.ppo.reward == "reward_model" and not config.has_reward_model():
-        problems.append(
-            "stages.ppo: PPO scores rollouts with a reward model, but stages.reward.enabled is false and "
-            "model.reward_model is not set (enable the reward stage, give model.reward_model, or set "
-            "stages.ppo.reward: judge)"
-        )
-    judge_needed = stages.ppo.enabled and stages.ppo.reward == "judge"
-    if (judge_needed or config.evaluation.judge == "synthetic") and not isinstance(
-        config.data.eval, SyntheticSource
-    ):
-        what = "stages.ppo.reward: judge" if judge_needed else "evaluation.judge: synthetic"
-        problems.append(
-            f"{what} scores prompts of the bundled synthetic task, but data.eval.source is "
-            f"{config.data.eval.source!r} (use synthetic evaluation prompts, or evaluation.judge: null)"
-        )
-    if judge_needed and not isinstance(config.data.for_role("ppo"), SyntheticSource):
-        problems.append("stages.ppo.reward: judge needs synthetic PPO prompts (data.ppo / data.preference)")
+    if not config.stages.enabled():
+        problems.append(f"stages: every stage is disabled; enable at least one of {', '.join(STAGES)}")
+    problems += _scoring_problems(config)
     metric = config.tracking.champion.metric
     registers = bool(config.preference_stages())  # the champion rule applies to a registered DPO/PPO policy
     if registers and metric == "judge_score" and config.evaluation.judge is None:
@@ -161,6 +169,34 @@ def stage_order_problems(config: PipelineConfig) -> list[str]:
             "tracking.champion.metric: reward_score needs a reward model (reward stage or model.reward_model)"
         )
     chosen = config.tracking.register_policy
-    if chosen in ("dpo", "ppo") and not getattr(stages, chosen).enabled:
+    if chosen != "best" and not config.stages.get(chosen).enabled:
         problems.append(f"tracking.register_policy: {chosen} but stages.{chosen}.enabled is false")
+    return problems
+
+
+def _scoring_problems(config: PipelineConfig) -> list[str]:
+    """What scores the online stages' rollouts and the evaluation must exist for the configured data."""
+    problems: list[str] = []
+    judged = [s for s in config.online_stages() if config.stages.get(s).reward == "judge"]
+    for stage in config.online_stages():
+        if stage not in judged and not config.has_reward_model():
+            problems.append(
+                f"stages.{stage}: {stage.upper()} scores rollouts with a reward model, but no reward model is "
+                f"trained (stages.{reward_model_stage()}.enabled is false) and model.reward_model is not set "
+                f"(enable the reward stage, give model.reward_model, or set stages.{stage}.reward: judge)"
+            )
+    if (judged or config.evaluation.judge == "synthetic") and not isinstance(
+        config.data.eval, SyntheticSource
+    ):
+        what = f"stages.{judged[0]}.reward: judge" if judged else "evaluation.judge: synthetic"
+        problems.append(
+            f"{what} scores prompts of the bundled synthetic task, but data.eval.source is "
+            f"{config.data.eval.source!r} (use synthetic evaluation prompts, or evaluation.judge: null)"
+        )
+    for stage in judged:
+        if not isinstance(config.data.for_role(stage), SyntheticSource):
+            problems.append(
+                f"stages.{stage}.reward: judge needs synthetic {stage.upper()} prompts "
+                f"(data.{stage} / data.preference)"
+            )
     return problems

@@ -16,7 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from tasks.stage_registry import STAGES, get_stage
 
 __all__ = [
     "DataSettings",
@@ -115,18 +117,12 @@ DataSource = Annotated[
 ]
 
 
-class DataSettings(_Strict):
-    """The data each stage reads. ``reward`` and ``dpo`` default to ``preference``; ``ppo`` to its prompts."""
-
+class _DataBase(_Strict):
     sft: DataSource = Field(default_factory=lambda: SyntheticSource(num_examples=2000))
     preference: DataSource = Field(
         default_factory=lambda: SyntheticSource(num_examples=1000),
-        description="Preference pairs shared by the reward and DPO stages (unless they name their own).",
-    )
-    reward: DataSource | None = Field(None, description="Pairs for the reward model (default: `preference`).")
-    dpo: DataSource | None = Field(None, description="Pairs for DPO (default: `preference`).")
-    ppo: DataSource | None = Field(
-        None, description="Prompts for PPO rollouts (default: the prompts of the `preference` pairs)."
+        description="Preference pairs shared by the preference stages (unless they name their own); their "
+        "prompts are the rollout prompts of online stages.",
     )
     eval: DataSource = Field(
         default_factory=lambda: SyntheticSource(num_examples=64, split="heldout"),
@@ -134,11 +130,36 @@ class DataSettings(_Strict):
     )
 
     def for_role(self, role: str) -> DataSource:
-        """The source a data role reads (``sft``, ``reward``, ``dpo``, ``ppo``, ``eval``), defaults applied."""
-        if role in ("reward", "dpo", "ppo"):
-            own = getattr(self, role)
-            return own if own is not None else self.preference
-        return getattr(self, role)
+        """The source a data role reads (a stage name, or ``eval``), defaults applied: a stage's own entry,
+        else ``sft`` for SFT-form stages and ``preference`` for the others."""
+        if role == "eval":
+            return self.eval
+        own = getattr(self, role, None) if role not in ("sft", "preference") else None
+        if own is not None:
+            return own
+        return self.sft if get_stage(role).data == "sft" else self.preference
+
+
+_FORM_TEXT = {"sft": "SFT examples", "preference": "Preference pairs", "prompts": "Rollout prompts"}
+
+DataSettings = create_model(
+    "DataSettings",
+    __base__=_DataBase,
+    __module__=__name__,
+    __doc__="The data each stage reads: ``sft`` and ``preference`` by default, or the stage's own entry.",
+    **{
+        name: (
+            DataSource | None,
+            Field(
+                None,
+                description=f"{_FORM_TEXT[stage.data]} for the {name} stage (default: "
+                f"{'`sft`' if stage.data == 'sft' else '`preference`'}).",
+            ),
+        )
+        for name, stage in STAGES.items()
+        if name not in _DataBase.model_fields
+    },
+)
 
 
 class ModelSource(_Strict):

@@ -1,4 +1,5 @@
-"""The `stages:` section: one block per training stage, whose ``args`` are the trainer config's keyword arguments.
+"""The `stages:` section: one block per training stage of `tasks.stage_registry`, whose ``args`` are the trainer
+config's keyword arguments.
 
 The trainer arguments are not re-declared here. A stage's ``args`` mapping is checked against the fields of the
 trainer's config class (`SFTConfig`, `RewardConfig`, `DPOConfig`, `PPOConfig`, all `TrainingArguments`
@@ -11,38 +12,24 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import importlib
 import typing
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
+
+from tasks.stage_registry import STAGES, get_stage, import_object
 
 __all__ = [
     "PIPELINE_OWNED_ARGS",
-    "STAGE_NAMES",
-    "TRAINER_CONFIGS",
-    "DPOStage",
-    "PPOStage",
-    "RewardStage",
-    "SFTStage",
+    "OnlineStageSettings",
     "StageSettings",
     "StagesSettings",
     "TrainerArgError",
     "build_trainer_config",
     "check_trainer_args",
+    "stage_settings_class",
     "trainer_config_class",
 ]
-
-StageName = Literal["sft", "reward", "dpo", "ppo"]
-STAGE_NAMES: tuple[str, ...] = ("sft", "reward", "dpo", "ppo")
-
-# Where each stage's config class lives ("module:attribute"), imported on first use.
-TRAINER_CONFIGS: dict[str, str] = {
-    "sft": "rlhf_core.trainers.sft.config:SFTConfig",
-    "reward": "rlhf_core.trainers.preference.reward_config:RewardConfig",
-    "dpo": "rlhf_core.trainers.preference.dpo_config:DPOConfig",
-    "ppo": "rlhf_core.trainers.ppo.config:PPOConfig",
-}
 
 # Set by the pipeline itself; a user value would be silently overridden, so it is refused instead.
 PIPELINE_OWNED_ARGS: dict[str, str] = {
@@ -61,8 +48,7 @@ class TrainerArgError(ValueError):
 
 def trainer_config_class(stage: str) -> type:
     """The `TrainingArguments` subclass that configures ``stage``'s trainer."""
-    module_name, _, attr = TRAINER_CONFIGS[stage].partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return get_stage(stage).load_config_class()
 
 
 @functools.cache
@@ -163,37 +149,51 @@ class StageSettings(BaseModel):
         return lora
 
 
-class SFTStage(StageSettings):
-    stage: ClassVar[str] = "sft"
+class OnlineStageSettings(StageSettings):
+    """A stage that samples from its policy and scores the samples (``scored_online`` in the registry)."""
 
-
-class RewardStage(StageSettings):
-    stage: ClassVar[str] = "reward"
-
-
-class DPOStage(StageSettings):
-    stage: ClassVar[str] = "dpo"
-
-
-class PPOStage(StageSettings):
-    stage: ClassVar[str] = "ppo"
     reward: Literal["reward_model", "judge"] = Field(
         "reward_model",
-        description="What scores PPO rollouts: the reward model (trained by the reward stage or given as "
+        description="What scores the rollouts: the reward model (trained by the reward stage or given as "
         "model.reward_model), or the synthetic task's ground-truth judge.",
     )
 
 
-class StagesSettings(BaseModel):
-    """SFT -> reward model -> DPO and/or PPO. Disable a stage with ``enabled: false``."""
+def _settings_class(name: str) -> type[StageSettings]:
+    """The block of stage ``name``: its registry settings class, bound to the stage (whose args it checks)."""
+    base = import_object(STAGES[name].settings)
+    title = name.upper() if len(name) <= 4 else name.capitalize()  # SFTStage, RewardStage, GRPOStage
+    namespace = {"__annotations__": {"stage": ClassVar[str]}, "stage": name, "__module__": __name__}
+    cls = type(f"{title}Stage", (base,), namespace)
+    globals()[cls.__name__] = cls  # picklable by name (Prefect persists configs in results)
+    return cls
 
+
+_SETTINGS: dict[str, type[StageSettings]] = {name: _settings_class(name) for name in STAGES}
+
+
+def stage_settings_class(name: str) -> type[StageSettings]:
+    return _SETTINGS[get_stage(name).name]
+
+
+class _StagesBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-    sft: SFTStage = Field(default_factory=SFTStage)
-    reward: RewardStage = Field(default_factory=RewardStage)
-    dpo: DPOStage = Field(default_factory=DPOStage)
-    ppo: PPOStage = Field(default_factory=PPOStage)
 
     def enabled(self) -> list[str]:
         """Names of the stages that run, in pipeline order."""
-        return [name for name in STAGE_NAMES if getattr(self, name).enabled]
+        return [name for name in STAGES if getattr(self, name).enabled]
+
+    def get(self, name: str) -> StageSettings:
+        return getattr(self, get_stage(name).name)
+
+
+StagesSettings = create_model(
+    "StagesSettings",
+    __base__=_StagesBase,
+    __module__=__name__,
+    __doc__="One block per stage of the registry, in pipeline order. Disable a stage with ``enabled: false``.",
+    **{
+        name: (cls, Field(default_factory=cls, description=STAGES[name].summary))
+        for name, cls in _SETTINGS.items()
+    },
+)

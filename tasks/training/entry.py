@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.training.run import StageSpec, run_stage_training
+from tasks.stage_specs import StageSpec
+from tasks.training.run import run_stage_training
 
 
 def _rank() -> int:

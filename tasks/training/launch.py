@@ -13,10 +13,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tasks.config import ScaleOutSettings
 from tasks.results import TrainOutcome
-from tasks.training.run import StageSpec, run_stage_training
+from tasks.stage_specs import StageSpec
+from tasks.training.run import run_stage_training
 
 __all__ = ["LaunchError", "accelerate_command", "train_stage"]
 
@@ -52,10 +54,11 @@ def accelerate_command(spec_file: Path, scale_out: ScaleOutSettings) -> list[str
     return [*cmd, "-m", "tasks.training.entry", str(spec_file)]
 
 
-def train_stage(spec: StageSpec, scale_out: ScaleOutSettings) -> TrainOutcome:
-    """Train ``spec`` here or under accelerate launch, per ``scale_out``."""
+def train_stage(spec: StageSpec, scale_out: ScaleOutSettings, trainer_config: Any = None) -> TrainOutcome:
+    """Train ``spec`` here (with ``trainer_config`` when the caller resolved it) or under accelerate launch
+    (each worker resolves its own), per ``scale_out``."""
     if not scale_out.launches(spec.stage):
-        return run_stage_training(spec)
+        return run_stage_training(spec, trainer_config)
     import torch
 
     stage_dir = Path(spec.stage_dir)

@@ -15,53 +15,17 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from tasks.config.stages import build_trainer_config
 from tasks.results import TrainOutcome
+from tasks.stage_registry import get_stage
+from tasks.stage_specs import StageSpec
 
-__all__ = ["TRAINER_BUILDERS", "StageSpec", "resolve_trainer_config", "run_stage_training"]
+__all__ = ["build_trainer", "resolve_trainer_config", "run_stage_training"]
 
 logger = logging.getLogger(__name__)
-
-
-class StageSpec(BaseModel):
-    """Everything one training stage needs, as plain data."""
-
-    stage: Literal["sft", "reward", "dpo", "ppo"]
-    model: str = Field(description="Starting weights: the policy (sft/dpo/ppo) or the reward backbone.")
-    train_data: str = Field(
-        description="Dataset folder (datasets.save_to_disk) of the stage's training rows."
-    )
-    stage_dir: str
-    args: dict[str, Any] = Field(default_factory=dict)
-    lora: dict[str, Any] | None = None
-    seed: int = 0
-    resume: bool = True
-    reward_model: str | None = Field(
-        None, description="PPO: the reward model folder (None with reward='judge')."
-    )
-    reward: Literal["reward_model", "judge"] = "reward_model"
-    mlflow_run_id: str | None = Field(
-        None, description="Run that rank 0 re-attaches to under accelerate launch."
-    )
-    tracking_uri: str | None = None
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return Path(self.stage_dir) / "checkpoints"
-
-    @property
-    def final_dir(self) -> Path:
-        return Path(self.stage_dir) / "final"
-
-    @property
-    def outcome_file(self) -> Path:
-        return Path(self.stage_dir) / "outcome.json"
 
 
 def resolve_trainer_config(spec: StageSpec) -> Any:
@@ -90,64 +54,31 @@ def _load(path: str) -> Any:
     return load_from_disk(path)
 
 
-def _build_sft(spec: StageSpec, args: Any) -> Any:
-    from rlhf_core.trainers.sft.trainer import SFTTrainer
-
-    return SFTTrainer(
-        model=spec.model, args=args, train_dataset=_load(spec.train_data), peft_config=_peft_config(spec)
-    )
-
-
-def _build_reward(spec: StageSpec, args: Any) -> Any:
-    from rlhf_core.trainers.preference.reward import RewardTrainer
-
-    return RewardTrainer(
-        model=spec.model, args=args, train_dataset=_load(spec.train_data), peft_config=_peft_config(spec)
-    )
-
-
-def _build_dpo(spec: StageSpec, args: Any) -> Any:
-    from rlhf_core.trainers.preference.dpo import DPOTrainer
-
-    # ref_model=None: a frozen copy of the starting policy (the SFT model) is the reference.
-    return DPOTrainer(
-        model=spec.model,
-        ref_model=None,
-        args=args,
-        train_dataset=_load(spec.train_data),
-        peft_config=_peft_config(spec),
-    )
-
-
-def _build_ppo(spec: StageSpec, args: Any) -> Any:
-    from rlhf_core.trainers.ppo.trainer import PPOTrainer
-
-    scoring: dict[str, Any]
+def _online_scoring(spec: StageSpec) -> dict[str, Any]:
+    """What scores an online stage's rollouts: the synthetic judge, or the reward model (loaded here)."""
     if spec.reward == "judge":
         from rlhf_core.data.synthetic import judge_responses
 
-        scoring = {"reward_fn": judge_responses}
-    else:
-        from rlhf_core.models.loading import load_sequence_classifier
+        return {"reward_fn": judge_responses}
+    from rlhf_core.models.loading import load_sequence_classifier
 
-        scoring = {"reward_model": load_sequence_classifier(spec.reward_model, num_labels=1)}
-    return PPOTrainer(
-        args=args,
-        model=spec.model,
-        ref_model=None,
-        train_dataset=_load(spec.train_data),
-        peft_config=_peft_config(spec),
-        **scoring,
-    )
+    return {"reward_model": load_sequence_classifier(spec.reward_model, num_labels=1)}
 
 
-# Stage name -> builder(spec, trainer_config) -> a trainer with train() and save_model(path).
-TRAINER_BUILDERS: dict[str, Callable[[StageSpec, Any], Any]] = {
-    "sft": _build_sft,
-    "reward": _build_reward,
-    "dpo": _build_dpo,
-    "ppo": _build_ppo,
-}
+def build_trainer(spec: StageSpec, args: Any) -> Any:
+    """The stage's trainer (its class from `tasks.stage_registry`), with train() and save_model(path)."""
+    stage = get_stage(spec.stage)
+    inputs: dict[str, Any] = {
+        "model": spec.model,
+        "args": args,
+        "train_dataset": _load(spec.train_data),
+        "peft_config": _peft_config(spec),
+    }
+    if stage.reference_model:
+        inputs["ref_model"] = None  # a frozen copy of the starting policy (the SFT model) is the reference
+    if stage.scored_online:
+        inputs.update(_online_scoring(spec))
+    return stage.load_trainer_class()(**inputs)
 
 
 def _last_checkpoint(spec: StageSpec) -> str | None:
@@ -158,15 +89,18 @@ def _last_checkpoint(spec: StageSpec) -> str | None:
     return get_last_checkpoint(str(spec.checkpoints_dir))
 
 
-def run_stage_training(spec: StageSpec) -> TrainOutcome:
-    """Train ``spec.stage`` (resuming from its last checkpoint when one exists) and save the final model."""
-    args = resolve_trainer_config(spec)
+def run_stage_training(spec: StageSpec, trainer_config: Any = None) -> TrainOutcome:
+    """Train ``spec.stage`` (resuming from its last checkpoint when one exists) and save the final model.
+
+    ``trainer_config``: the stage's `resolve_trainer_config` when the caller built it already (once per stage).
+    """
+    args = resolve_trainer_config(spec) if trainer_config is None else trainer_config
     staging = (
         Path(spec.stage_dir) / ".final.partial"
     )  # one name for every rank: save_model runs on all of them
     if args.process_index == 0:
         shutil.rmtree(staging, ignore_errors=True)  # a crashed run's half-saved model
-    trainer = TRAINER_BUILDERS[spec.stage](spec, args)
+    trainer = build_trainer(spec, args)
     _log_synchronously(trainer)
     resume = _last_checkpoint(spec)
     if resume:

@@ -136,10 +136,14 @@ def test_unchanged_stage_is_reused_and_a_deleted_checkpoint_retrained(first_run,
 def test_failing_stage_fails_the_flow_and_its_runs(first_run, tiny_config, monkeypatch):
     from tasks.training import run as training
 
-    def explode(spec, args):
-        raise RuntimeError("dpo exploded")
+    build = training.build_trainer
 
-    monkeypatch.setitem(training.TRAINER_BUILDERS, "dpo", explode)
+    def explode(spec, args):
+        if spec.stage == "dpo":
+            raise RuntimeError("dpo exploded")
+        return build(spec, args)
+
+    monkeypatch.setattr(training, "build_trainer", explode)
     # another DPO setting: a new digest, so the stage really runs; retries off so it fails at once
     config = config_from_mapping(
         tiny_config(

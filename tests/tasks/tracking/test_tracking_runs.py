@@ -9,8 +9,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tasks.stage_specs import StageSpec
 from tasks.tracking import runs as tracking
-from tasks.training.run import StageSpec, run_stage_training
+from tasks.training.run import run_stage_training
 
 
 def _runs(experiment: str) -> list:

@@ -7,9 +7,9 @@ from mlflow.tracking import MlflowClient
 
 from rlhf_core.data.synthetic import SyntheticTask
 from tasks.config import ScaleOutSettings
+from tasks.stage_specs import StageSpec
 from tasks.tracking import runs as tracking
 from tasks.training.launch import accelerate_command, train_stage
-from tasks.training.run import StageSpec
 
 
 def test_accelerate_command(tmp_path):

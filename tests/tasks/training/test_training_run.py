@@ -8,8 +8,9 @@ import pytest
 from transformers import TrainerCallback
 
 from rlhf_core.data.synthetic import SyntheticTask
+from tasks.stage_specs import StageSpec
 from tasks.training import run as training
-from tasks.training.run import StageSpec, resolve_trainer_config, run_stage_training
+from tasks.training.run import resolve_trainer_config, run_stage_training
 
 
 class _CrashAfterSave(TrainerCallback):
@@ -51,20 +52,20 @@ def test_pipeline_owns_output_dir_seed_and_mlflow_reporting(tmp_path):
 
 
 def test_crashed_stage_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
-    build = training.TRAINER_BUILDERS["sft"]
+    build = training.build_trainer
 
     def crashing(spec, args):
         trainer = build(spec, args)
         trainer.add_callback(_CrashAfterSave(step=2))
         return trainer
 
-    monkeypatch.setitem(training.TRAINER_BUILDERS, "sft", crashing)
+    monkeypatch.setattr(training, "build_trainer", crashing)
     spec = _spec(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         run_stage_training(spec)
     assert (spec.checkpoints_dir / "checkpoint-2").is_dir() and not spec.final_dir.exists()
 
-    monkeypatch.setitem(training.TRAINER_BUILDERS, "sft", build)
+    monkeypatch.setattr(training, "build_trainer", build)
     outcome = run_stage_training(spec)
     assert outcome.resumed_from == str(spec.checkpoints_dir / "checkpoint-2")
     assert outcome.global_step == 4

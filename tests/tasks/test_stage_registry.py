@@ -1,0 +1,91 @@
+"""The stage registry: every stage is declared once, and config, plan, training dispatch and CLI follow it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from transformers import Trainer, TrainingArguments
+
+from tasks.config import PipelineConfig, config_from_mapping
+from tasks.config.sources import DataSettings
+from tasks.config.stages import StagesSettings
+from tasks.stage_registry import STAGES, preference_stages, reward_model_stage, stage_names
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_entry_names_a_trainer_and_its_config():
+    for stage in STAGES.values():
+        assert issubclass(stage.load_config_class(), TrainingArguments), stage.name
+        assert issubclass(stage.load_trainer_class(), Trainer), stage.name
+        assert stage.starts_from is None or stage.starts_from in STAGES
+    assert stage_names() == ("sft", "reward", "dpo", "ppo")
+    assert preference_stages() == ("dpo", "ppo") and reward_model_stage() == "reward"
+
+
+def test_config_sections_follow_the_registry():
+    assert list(StagesSettings.model_fields) == list(STAGES)
+    assert {"reward", "dpo", "ppo"} <= set(DataSettings.model_fields)
+    config = PipelineConfig()
+    assert config.stages.enabled() == list(STAGES) and config.scale_out.stages == list(STAGES)
+    assert config.stages.ppo.reward == "reward_model" and not hasattr(config.stages.dpo, "reward")
+    assert (
+        config.data.for_role("ppo") == config.data.preference
+        and config.data.for_role("sft") == config.data.sft
+    )
+
+
+def test_unknown_stage_names_are_configuration_errors():
+    from tasks.config import ConfigError
+
+    try:
+        config_from_mapping(
+            {"scale_out": {"stages": ["sft", "grpo2"]}, "tracking": {"register_policy": "sft"}}
+        )
+    except ConfigError as err:
+        problems = err.problems
+    else:
+        raise AssertionError("no ConfigError")
+    assert any(p.startswith("scale_out.stages: unknown stage 'grpo2'") for p in problems)
+    assert "tracking.register_policy: expected 'best' or one of dpo, ppo, got 'sft'" in problems
+
+
+# A new stage is one registry entry: here a second SFT pass on top of the first, added before anything else is
+# imported (in a fresh interpreter, as a new entry in tasks/stage_registry.py would be).
+_NEW_STAGE = textwrap.dedent(
+    """
+    import dataclasses
+    from tasks import stage_registry
+    sft = stage_registry.STAGES["sft"]
+    stage_registry.STAGES["polish"] = dataclasses.replace(sft, name="polish", starts_from="sft")
+
+    from deployments.pipeline_commands import build_parser
+    from tasks.config import config_from_mapping
+    from tasks.plan import build_plan
+    from tasks.results import PreparedData, PreparedDataset
+    from tasks.stage_tasks import TRAINING_TASKS
+
+    config = config_from_mapping({"output_dir": "/out", "stages": {"polish": {"args": {"max_steps": 3}}},
+                                  "data": {"polish": {"source": "synthetic", "num_examples": 5}}})
+    assert config.stages.enabled()[-1] == "polish" and config.stages.polish.args == {"max_steps": 3}
+    assert config.data.for_role("polish").num_examples == 5
+    data = PreparedData(datasets={r: PreparedDataset(role=r, path=f"/d/{r}", digest=r, num_rows=1, description="")
+                                  for r in [*config.stages.enabled(), "eval"]})
+    plan = build_plan(config, data)
+    polish = plan.stages["polish"]
+    assert polish.spec.model == str(plan.stages["sft"].spec.final_dir) and "polish" in plan.policies()
+    assert TRAINING_TASKS["polish"].name == "train-polish"
+    assert build_parser().parse_args(["train", "polish", "c.yaml"]).stage == "polish"
+    print("ok")
+    """
+)
+
+
+def test_a_new_stage_is_one_registry_entry():
+    proc = subprocess.run(
+        [sys.executable, "-c", _NEW_STAGE], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
