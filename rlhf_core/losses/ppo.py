@@ -118,8 +118,11 @@ def gae(
 ) -> GAEOutput:
     """Generalised advantage estimates (arXiv:1506.02438, eq. 16) and the value targets.
 
-    rewards, values, mask: [B, T]. ``mask`` must be a prefix of ones per row: the episode ends after
-    its last unmasked token, so the value after it is 0 (terminal) and nothing flows back from padding.
+    rewards, values, mask: [B, T]. Rewards and values are zeroed where ``mask`` is 0 and the recursion runs
+    through every position, as TRL's classic PPOTrainer computed it: after a row's last unmasked token everything
+    is 0, so the episode ends there (terminal value 0), and a gap inside the mask (a tool output or another
+    speaker's turn) carries the advantage across instead of cutting the episode. Advantages and returns are 0
+    where ``mask`` is 0.
 
         delta_t = r_t + gamma * V_{t+1} - V_t
         A_t     = delta_t + gamma * lam * A_{t+1}
@@ -134,8 +137,9 @@ def gae(
     for t in reversed(range(steps)):
         next_value = values[..., t + 1] if t + 1 < steps else torch.zeros_like(next_advantage)
         delta = rewards[..., t] + gamma * next_value - values[..., t]
-        next_advantage = (delta + gamma * lam * next_advantage) * mask[..., t]
+        next_advantage = delta + gamma * lam * next_advantage
         advantages[..., t] = next_advantage
+    advantages = advantages * mask
     return GAEOutput(advantages=advantages, returns=(advantages + values) * mask)
 
 

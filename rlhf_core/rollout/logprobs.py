@@ -24,35 +24,49 @@ IGNORE_INDEX = -100
 
 @dataclass
 class ResponseBatch:
-    """Prompt [B, P] (left padded) and response [B, R] (right padded) token ids with their masks."""
+    """Prompt [B, P] (left padded) and response [B, R] (right padded) token ids with their masks.
+
+    ``response_mask`` marks the real response tokens (attended; a prefix of each row). ``loss_mask``, when given,
+    marks the ones to learn from (classic ``step(response_masks=...)``: a tool output or another speaker's turn
+    inside the response is context, attended but not trained on); ``learn_mask`` is whichever applies.
+    """
 
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor
+    loss_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
+    @property
+    def learn_mask(self) -> torch.Tensor:
+        return self.response_mask if self.loss_mask is None else self.loss_mask
+
     def select(self, rows: torch.Tensor | slice) -> ResponseBatch:
+        loss_mask = None if self.loss_mask is None else self.loss_mask[rows]
         return ResponseBatch(
-            self.prompt_ids[rows], self.prompt_mask[rows], self.response_ids[rows], self.response_mask[rows]
+            self.prompt_ids[rows], self.prompt_mask[rows], self.response_ids[rows], self.response_mask[rows],
+            loss_mask,
         )
 
     def trimmed(self) -> tuple[ResponseBatch, int]:
-        """Drop prompt columns that are padding in every row and response columns past the longest response.
+        """Drop prompt columns that are padding in every row and response columns past the last real token.
 
         Returns the smaller batch and the original response width (to pad results back to it).
         """
         width = self.response_ids.shape[1]
         attended = self.prompt_mask.any(0).nonzero()
         first = int(attended[0]) if attended.numel() else self.prompt_mask.shape[1] - 1
-        longest = max(int(self.response_mask.sum(-1).max()), 1)
+        real = self.response_mask.any(0).nonzero()
+        longest = int(real[-1]) + 1 if real.numel() else 1
         batch = ResponseBatch(
             self.prompt_ids[:, first:],
             self.prompt_mask[:, first:],
             self.response_ids[:, :longest],
             self.response_mask[:, :longest],
+            None if self.loss_mask is None else self.loss_mask[:, :longest],
         )
         return batch, width
 
@@ -85,8 +99,13 @@ def token_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log softmax(lm_head(hidden) / temperature)[labels] where ``mask``, 0 elsewhere.
 
-    hidden: [B, R, H]; labels, mask: [B, R]. Returns (logps [B, R], entropy [B, R] detached, or None).
+    hidden: [B, R, H]; labels, mask: [B, R]. Returns (logps [B, R], entropy [B, R] detached, or None), fp32.
+    A plain ``nn.Linear`` head goes through the fused kernel; a wrapped one (LoRA on ``lm_head``, PEFT's
+    ``modules_to_save`` copy) is applied as the module it is, so the log-probs use the same effective head as
+    sampling does (its ``.weight`` would be the base weight).
     """
+    if type(lm_head) is not nn.Linear:
+        return _module_head_logprobs(hidden, lm_head, labels, mask, temperature, return_entropy)
     batch, length, width = hidden.shape
     flat_labels = labels.masked_fill(mask == 0, IGNORE_INDEX).reshape(-1)
     out = fused_linear_logprobs(
@@ -101,6 +120,17 @@ def token_logprobs(
         logps, entropy = out
         return logps.view(batch, length), entropy.view(batch, length)
     return out.view(batch, length), None
+
+
+def _module_head_logprobs(hidden, lm_head, labels, mask, temperature, return_entropy):
+    """`token_logprobs` through ``lm_head(hidden)``: builds the [B, R, V] logits, for heads the kernel cannot see."""
+    keep = mask != 0
+    logps = (lm_head(hidden).float() / temperature).log_softmax(-1)
+    picked = logps.gather(-1, labels.masked_fill(~keep, 0).unsqueeze(-1)).squeeze(-1) * keep
+    if not return_entropy:
+        return picked, None
+    entropy = -(logps.exp() * logps).sum(-1).detach() * keep
+    return picked, entropy
 
 
 def pad_columns(x: torch.Tensor, width: int, value: float = 0.0) -> torch.Tensor:

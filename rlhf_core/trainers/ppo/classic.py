@@ -189,16 +189,20 @@ class ClassicPPOMixin:
         ]
         prompt_ids, prompt_mask = _pad(query_rows, tok.pad_token_id, left=True)
         response_ids, response_mask = _pad(response_rows, tok.pad_token_id, left=False)
-        if response_masks is not None:
-            given, _ = _pad([torch.as_tensor(m).long().reshape(-1) for m in response_masks], 0, left=False)
-            response_mask = response_mask * given
         for i, row in enumerate(response_rows):
             response_mask[i, self._response_length(row) :] = 0
-            if response_mask[i].sum() == 0:
+        # The given masks choose the tokens to learn from; the masked-out ones (gaps) stay attended context.
+        loss_mask = None
+        if response_masks is not None:
+            given, _ = _pad([torch.as_tensor(m).long().reshape(-1) for m in response_masks], 0, left=False)
+            loss_mask = response_mask * _pad_columns_to(given, response_mask.shape[1])
+        for i in range(len(response_rows)):
+            if (response_mask if loss_mask is None else loss_mask)[i].sum() == 0:
                 raise ValueError(f"responses[{i}] has no token to learn from (empty or only padding)")
         device = self.accelerator.device
         return ResponseBatch(
-            prompt_ids.to(device), prompt_mask.to(device), response_ids.to(device), response_mask.to(device)
+            prompt_ids.to(device), prompt_mask.to(device), response_ids.to(device), response_mask.to(device),
+            None if loss_mask is None else loss_mask.to(device),
         )
 
     # ---- saving, logging, data ---------------------------------------------------------------------------
@@ -230,6 +234,13 @@ class ClassicPPOMixin:
             drop_last=True,
             collate_fn=lambda rows: {key: [row[key] for row in rows] for key in rows[0]},
         )
+
+
+def _pad_columns_to(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, W'] -> [B, width]: a mask cut or zero-padded on the right."""
+    if mask.shape[1] >= width:
+        return mask[:, :width]
+    return torch.nn.functional.pad(mask, (0, width - mask.shape[1]))
 
 
 def _rows(query_tensor: torch.Tensor) -> list[torch.Tensor]:

@@ -67,7 +67,8 @@ class Experience:
 
     @property
     def mask(self) -> torch.Tensor:
-        return self.batch.response_mask
+        """The tokens learned from (``ResponseBatch.learn_mask``)."""
+        return self.batch.learn_mask
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -258,13 +259,17 @@ def build_experience(
     whiten_advantages: bool = True,
 ) -> Experience:
     """KL-penalised per-token rewards, then GAE advantages (whitened) and value targets."""
-    mask = batch.response_mask.to(logprobs.dtype)
+    learn = batch.learn_mask
+    mask = learn.to(logprobs.dtype)
     kl = kl_estimate(logprobs, ref_logprobs, estimator=kl_estimator) * mask
     rewards = -kl_coef * kl
-    last = (batch.response_mask.sum(-1) - 1).clamp(min=0)
+    # The score goes on the last learned token (TRL's last non-masked index), which a gapped mask puts after
+    # its gaps, not at mask.sum() - 1.
+    positions = torch.arange(learn.shape[1], device=learn.device)
+    last = (positions * learn.long()).argmax(-1)
     rows = torch.arange(len(batch), device=rewards.device)
     # A response with no token at all (cannot happen with max_new_tokens >= 1) would get its score nowhere.
-    rewards[rows, last] += scores.to(rewards.dtype) * (batch.response_mask.sum(-1) > 0)
+    rewards[rows, last] += scores.to(rewards.dtype) * (learn.sum(-1) > 0)
     if whiten_rewards:
         rewards = _whiten_if_possible(rewards, mask, shift_mean=False)
     values = values * mask

@@ -56,7 +56,7 @@ def _micro_batch_loss(
         temperature=cfg.temperature,
         return_entropy=True,
     )
-    mask = part.response_mask
+    mask = part.learn_mask
 
     def old(t: torch.Tensor) -> torch.Tensor:
         return t[rows][:, :width]
