@@ -27,6 +27,8 @@ FROM python:${PYTHON_VERSION}-slim AS worker
 # CPU wheels by default; see the header for CUDA.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_SPEC="torch==2.13.0"
+# Extras of the project, e.g. "[ray]" for the images of the Kubernetes deployment (deployments/k8s/).
+ARG INSTALL_EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     RLHF_CACHE=/data/cache \
@@ -41,7 +43,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN mkdir -p rlhf_core tasks flows deployments \
     && touch rlhf_core/__init__.py tasks/__init__.py flows/__init__.py deployments/__init__.py \
-    && pip install . && pip uninstall -y rlhf-toolkit && rm -rf rlhf_core tasks flows deployments build
+    && pip install ".${INSTALL_EXTRAS}" && pip uninstall -y rlhf-toolkit && rm -rf rlhf_core tasks flows deployments build
 COPY rlhf_core ./rlhf_core
 COPY tasks ./tasks
 COPY flows ./flows

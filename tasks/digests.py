@@ -42,7 +42,6 @@ def stage_digest(
 ) -> str:
     """Digest of ``stage``: its settings + start model + data digests + upstream stage digests + seed + version."""
     settings = getattr(config.stages, stage)
-    launched = config.scale_out.launches(stage)
     return digest_of(
         {
             "stage": stage,
@@ -55,8 +54,8 @@ def stage_digest(
             "data": data_digests,
             "upstream": upstream,
             "seed": config.seed,
-            # The number of processes changes the global batch, hence the result.
-            "num_processes": config.scale_out.num_processes if launched else 1,
+            # The number of processes changes the global batch, hence the result; the backend does not.
+            "num_processes": config.scale_out.world_size(stage),
             "version": _toolkit_version(),
         }
     )

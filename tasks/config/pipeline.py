@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.config.scale_out import ScaleOutSettings
 from tasks.config.sources import DataSettings, ModelSource, SyntheticSource
 from tasks.config.stages import StagesSettings
-from tasks.stage_registry import STAGES, preference_stages, reward_model_stage, stage_names
+from tasks.stage_registry import STAGES, preference_stages, reward_model_stage
 
 __all__ = [
     "ChampionRule",
@@ -81,42 +81,6 @@ class TrackingSettings(_Strict):
         if value != "best" and value not in preference_stages():
             raise ValueError(f"expected 'best' or one of {', '.join(preference_stages())}, got {value!r}")
         return value
-
-
-class ScaleOutSettings(_Strict):
-    """Run training stages through `accelerate launch` (DDP / FSDP / DeepSpeed per the accelerate config)."""
-
-    num_processes: int = Field(
-        1, ge=1, description="1 = in the pipeline's process; N > 1 = accelerate launch."
-    )
-    accelerate_config: str | None = Field(
-        None, description="An accelerate config file (accelerate launch --config_file), e.g. for FSDP."
-    )
-    stages: list[str] = Field(
-        default_factory=lambda: list(stage_names()),
-        description="Stages launched this way when num_processes > 1.",
-    )
-
-    @field_validator("stages")
-    @classmethod
-    def _known_stages(cls, value: list[str]) -> list[str]:
-        unknown = [s for s in value if s not in STAGES]
-        if unknown:
-            raise ValueError(f"unknown stage {unknown[0]!r} (expected one of {', '.join(STAGES)})")
-        return value
-
-    @field_validator("accelerate_config")
-    @classmethod
-    def _config_exists(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ValueError(f"accelerate config file not found: {value!r}")
-        return str(path.resolve())
-
-    def launches(self, stage: str) -> bool:
-        return (self.num_processes > 1 or self.accelerate_config is not None) and stage in self.stages
 
 
 class PipelineConfig(_Strict):

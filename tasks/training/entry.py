@@ -1,4 +1,5 @@
-"""Entry point of one training stage under ``accelerate launch``: ``python -m tasks.training.entry SPEC.json``.
+"""Entry point of one training stage under ``accelerate launch``: ``python -m tasks.training.entry SPEC.json``;
+`train_as_rank` is also what each Ray Train worker runs (`tasks.training.ray_worker`).
 
 Every process trains; rank 0 alone re-attaches to the stage's MLflow run (so the trainer's MLflow callback,
 which only logs on the main process, writes each metric once) and writes ``outcome.json``.
@@ -9,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from tasks.results import TrainOutcome
 from tasks.stage_specs import StageSpec
 from tasks.training.run import run_stage_training
 
@@ -19,14 +23,12 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m tasks.training.entry SPEC.json", file=sys.stderr)
-        return 2
-    spec = StageSpec.model_validate_json(Path(argv[0]).read_text())
+def train_as_rank(
+    spec: StageSpec, rank: int, *, callbacks: Sequence[Any] = (), resume_from: str | None = None
+) -> TrainOutcome:
+    """Train ``spec`` as process ``rank`` of the stage (every rank trains; rank 0 alone logs to MLflow)."""
     with contextlib.ExitStack() as stack:
-        if _rank() == 0 and spec.mlflow_run_id:
+        if rank == 0 and spec.mlflow_run_id:
             import mlflow
 
             from tasks.tracking.runs import callback_environment
@@ -38,7 +40,15 @@ def main(argv: list[str] | None = None) -> int:
             # Leaving the run marks it FINISHED (FAILED on an error); the pipeline's process then logs the model
             # and samples into it and sets the stage's final status itself.
             stack.callback(mlflow.flush_async_logging)
-        run_stage_training(spec)
+        return run_stage_training(spec, callbacks=callbacks, resume_from=resume_from)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tasks.training.entry SPEC.json", file=sys.stderr)
+        return 2
+    train_as_rank(StageSpec.model_validate_json(Path(argv[0]).read_text()), _rank())
     return 0
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +90,18 @@ def _last_checkpoint(spec: StageSpec) -> str | None:
     return get_last_checkpoint(str(spec.checkpoints_dir))
 
 
-def run_stage_training(spec: StageSpec, trainer_config: Any = None) -> TrainOutcome:
-    """Train ``spec.stage`` (resuming from its last checkpoint when one exists) and save the final model.
+def run_stage_training(
+    spec: StageSpec,
+    trainer_config: Any = None,
+    *,
+    callbacks: Sequence[Any] = (),
+    resume_from: str | None = None,
+) -> TrainOutcome:
+    """Train ``spec.stage`` (resuming from ``resume_from``, else from its last checkpoint when one exists) and save
+    the final model.
 
     ``trainer_config``: the stage's `resolve_trainer_config` when the caller built it already (once per stage).
+    ``callbacks``: extra TrainerCallbacks (Ray Train's checkpoint reporting).
     """
     args = resolve_trainer_config(spec) if trainer_config is None else trainer_config
     staging = (
@@ -102,7 +111,9 @@ def run_stage_training(spec: StageSpec, trainer_config: Any = None) -> TrainOutc
         shutil.rmtree(staging, ignore_errors=True)  # a crashed run's half-saved model
     trainer = build_trainer(spec, args)
     _log_synchronously(trainer)
-    resume = _last_checkpoint(spec)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    resume = resume_from or _last_checkpoint(spec)
     if resume:
         logger.info("%s: resuming from %s", spec.stage, resume)
     start = time.perf_counter()

@@ -32,6 +32,7 @@ def test_the_deployments_and_their_pools(deployments, tmp_path):
     assert set(deployments) == {
         "rlhf-pipeline",
         "rlhf-pipeline-gpu",
+        "rlhf-pipeline-k8s",
         "ingest-preferences",
         "watch-preference-folder",
     }
@@ -41,6 +42,7 @@ def test_the_deployments_and_their_pools(deployments, tmp_path):
     assert queues == {
         "rlhf-pipeline": ("rlhf", "default"),
         "rlhf-pipeline-gpu": ("rlhf", "gpu"),
+        "rlhf-pipeline-k8s": ("rlhf-k8s", "default"),
         "ingest-preferences": ("rlhf", "default"),
         "watch-preference-folder": ("rlhf", "default"),
     }
@@ -59,7 +61,7 @@ def test_entrypoints_load_the_flows_and_parameters_fit_them(deployments):
         if name != "ingest-preferences":  # the file to ingest is typed into the run form
             assert required <= given, (name, required - given)
         assert given <= set(flow.parameters.properties), (name, given)
-    for name in ("rlhf-pipeline", "rlhf-pipeline-gpu"):
+    for name in ("rlhf-pipeline", "rlhf-pipeline-gpu", "rlhf-pipeline-k8s"):
         PipelineConfig.model_validate(deployments[name]["parameters"]["config"])
 
 
