@@ -302,6 +302,9 @@ class RolloutEngine:
     ref_model: nn.Module | None
     reward_model: nn.Module | None = None
     reward_fn: RewardFn | None = None
+    # The training pass's mixed precision (``accelerator.autocast``): sampling, the old log-probs and values and
+    # the reference log-probs run under it too, so that with bf16 the first PPO ratio is exactly 1.
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def __post_init__(self) -> None:
         self.stop_ids = stop_token_ids(self.config, self.tokenizer)
@@ -320,21 +323,27 @@ class RolloutEngine:
         return self.add_advantages(exp, kl_coef)
 
     def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Experience:
-        """Sampled episodes, with old log-probs and values unless ``recompute_rollout_logprobs``."""
+        """Sampled episodes, with old log-probs and values unless ``recompute_rollout_logprobs``.
+
+        Under bf16/fp16 they are always recomputed: the KV-cache decode rounds differently from a full forward
+        (measured: log-probs 1e-3 apart in bf16 on the CPU), and only the training pass's own computation makes
+        the first PPO ratio exactly 1.
+        """
         cfg, model = self.config, self.model()
-        keep = not cfg.recompute_rollout_logprobs
-        return sample_responses(
-            model.policy,
-            prompt_ids,
-            prompt_mask,
-            max_new_tokens=cfg.response_length,
-            pad_token_id=self.pad_id,
-            stop_token_ids=self.stop_ids,
-            sampling=SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p),
-            chunk_size=cfg.local_rollout_forward_batch_size,
-            return_logprobs=keep,
-            value_head=model.v_head if keep else None,
-        )
+        keep = not (cfg.recompute_rollout_logprobs or cfg.bf16 or cfg.fp16)
+        with self.autocast():
+            return sample_responses(
+                model.policy,
+                prompt_ids,
+                prompt_mask,
+                max_new_tokens=cfg.response_length,
+                pad_token_id=self.pad_id,
+                stop_token_ids=self.stop_ids,
+                sampling=SamplingParams(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p),
+                chunk_size=cfg.local_rollout_forward_batch_size,
+                return_logprobs=keep,
+                value_head=model.v_head if keep else None,
+            )
 
     def score(self, batch: ResponseBatch, prompts: Sequence[Any] | None = None) -> torch.Tensor:
         """Scores [B] from the reward model or ``reward_fn``, minus ``missing_eos_penalty`` where it applies."""
@@ -365,14 +374,15 @@ class RolloutEngine:
     def add_advantages(self, exp: Experience, kl_coef: float) -> Experience:
         """A scored ``Experience`` completed: old and reference log-probs, values, rewards, advantages, returns."""
         cfg = self.config
-        logps, values = self.old_logprobs_and_values(exp)
-        ref_logps = reference_logprobs(
-            exp.batch,
-            ref_model=self.ref_model,
-            policy=self.model().policy,
-            temperature=cfg.temperature,
-            micro_batch_size=cfg.local_rollout_forward_batch_size,
-        )
+        with self.autocast():
+            logps, values = self.old_logprobs_and_values(exp)
+            ref_logps = reference_logprobs(
+                exp.batch,
+                ref_model=self.ref_model,
+                policy=self.model().policy,
+                temperature=cfg.temperature,
+                micro_batch_size=cfg.local_rollout_forward_batch_size,
+            )
         return build_experience(
             exp.batch,
             logprobs=logps,

@@ -142,6 +142,7 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
             ref_model=ref_model,
             reward_model=reward_model,
             reward_fn=reward_fn,
+            autocast=self.accelerator.autocast,
         )
         self._prepared = False
 
