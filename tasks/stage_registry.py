@@ -40,6 +40,7 @@ class StageDefinition:
     ``reference_model``: the trainer is given ``ref_model=None`` (a frozen copy of its starting model).
     ``scored_online``: the trainer samples and is given ``reward_model=`` (the trained or configured reward model)
     or ``reward_fn=`` (the synthetic judge), per the stage block's ``reward`` setting.
+    ``enabled_by_default``: False for an opt-in stage (its block's ``enabled`` defaults to false).
     """
 
     name: str
@@ -52,6 +53,7 @@ class StageDefinition:
     scored_online: bool = False
     settings: str = "tasks.config.stages:StageSettings"
     summary: str = ""
+    enabled_by_default: bool = True  # False: the stage runs only when its block says ``enabled: true``
 
     def load_config_class(self) -> type:
         """The `transformers.TrainingArguments` subclass that configures this stage's trainer."""
@@ -90,6 +92,16 @@ STAGES: dict[str, StageDefinition] = {
             produces="policy",
             reference_model=True,
             summary="direct preference optimisation from the SFT policy",
+        ),
+        StageDefinition(
+            name="kto",
+            config_class="rlhf_core.trainers.preference.kto_config:KTOConfig",
+            trainer_class="rlhf_core.trainers.preference.kto:KTOTrainer",
+            data="preference",  # preference pairs, which KTOTrainer unpairs
+            produces="policy",
+            reference_model=True,
+            enabled_by_default=False,
+            summary="KTO (unpaired desirable / undesirable answers) from the SFT policy",
         ),
         StageDefinition(
             name="ppo",

@@ -164,6 +164,9 @@ def _settings_class(name: str) -> type[StageSettings]:
     base = import_object(STAGES[name].settings)
     title = name.upper() if len(name) <= 4 else name.capitalize()  # SFTStage, RewardStage, GRPOStage
     namespace = {"__annotations__": {"stage": ClassVar[str]}, "stage": name, "__module__": __name__}
+    if not STAGES[name].enabled_by_default:
+        namespace["__annotations__"]["enabled"] = bool
+        namespace["enabled"] = False
     cls = type(f"{title}Stage", (base,), namespace)
     globals()[cls.__name__] = cls  # picklable by name (Prefect persists configs in results)
     return cls

@@ -22,15 +22,18 @@ def test_every_entry_names_a_trainer_and_its_config():
         assert issubclass(stage.load_config_class(), TrainingArguments), stage.name
         assert issubclass(stage.load_trainer_class(), Trainer), stage.name
         assert stage.starts_from is None or stage.starts_from in STAGES
-    assert stage_names() == ("sft", "reward", "dpo", "ppo")
-    assert preference_stages() == ("dpo", "ppo") and reward_model_stage() == "reward"
+    assert stage_names() == ("sft", "reward", "dpo", "kto", "ppo")
+    assert preference_stages() == ("dpo", "kto", "ppo") and reward_model_stage() == "reward"
 
 
 def test_config_sections_follow_the_registry():
     assert list(StagesSettings.model_fields) == list(STAGES)
     assert {"reward", "dpo", "ppo"} <= set(DataSettings.model_fields)
     config = PipelineConfig()
-    assert config.stages.enabled() == list(STAGES) and config.scale_out.stages == list(STAGES)
+    opt_in = [name for name, stage in STAGES.items() if not stage.enabled_by_default]
+    assert opt_in == ["kto"] and not config.stages.kto.enabled
+    assert config.stages.enabled() == [s for s in STAGES if s not in opt_in]
+    assert config.scale_out.stages == list(STAGES)
     assert config.stages.ppo.reward == "reward_model" and not hasattr(config.stages.dpo, "reward")
     assert (
         config.data.for_role("ppo") == config.data.preference
@@ -50,7 +53,26 @@ def test_unknown_stage_names_are_configuration_errors():
     else:
         raise AssertionError("no ConfigError")
     assert any(p.startswith("scale_out.stages: unknown stage 'grpo2'") for p in problems)
-    assert "tracking.register_policy: expected 'best' or one of dpo, ppo, got 'sft'" in problems
+    assert "tracking.register_policy: expected 'best' or one of dpo, kto, ppo, got 'sft'" in problems
+
+
+def test_the_kto_stage_trains_through_the_training_dispatch(tmp_path):
+    from rlhf_core.data.synthetic import SyntheticTask
+    from rlhf_core.trainers.preference.kto import KTOTrainer
+    from tasks.stage_specs import StageSpec
+    from tasks.training import run as training
+
+    config = config_from_mapping({"stages": {"kto": {"enabled": True, "args": {"max_steps": 2}}}})
+    assert "kto" in config.stages.enabled() and "kto" in config.preference_stages()
+    SyntheticTask().preference_dataset(8).save_to_disk(str(tmp_path / "pairs"))
+    args = {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 48, "logging_steps": 1,
+            "save_strategy": "no", "disable_tqdm": True}  # fmt: skip
+    spec = StageSpec(stage="kto", model="rlhf-tiny", train_data=str(tmp_path / "pairs"),
+                     stage_dir=str(tmp_path / "kto"), args=args)  # fmt: skip
+    built = training.build_trainer(spec, training.resolve_trainer_config(spec))
+    assert isinstance(built, KTOTrainer) and built.ref_model is not None  # a frozen copy of the SFT policy
+    outcome = training.run_stage_training(spec)
+    assert outcome.global_step == 2 and (tmp_path / "kto" / "final" / "model.safetensors").is_file()
 
 
 # A new stage is one registry entry: here a second SFT pass on top of the first, added before anything else is
