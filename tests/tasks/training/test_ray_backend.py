@@ -87,8 +87,9 @@ def _wait_for(predicate, timeout_s: float, what: str):
 
 
 def _reported_checkpoint(spec, scale_out, name) -> bool:
-    run = Path(storage_path(spec, scale_out)) / name
-    return any((c / "checkpoint" / "trainer_state.json").is_file() for c in run.glob("checkpoint_*"))
+    """Ray Train's controller registered a checkpoint (its snapshot is written once it has; a checkpoint folder
+    alone may still be in flight, and a restart would not see it)."""
+    return (Path(storage_path(spec, scale_out)) / name / "checkpoint_manager_snapshot.json").is_file()
 
 
 def _kill(pid: int) -> None:
