@@ -34,6 +34,8 @@ from rlhf_core.rollout.scoring import RewardFn, reward_function_scores, reward_m
 from rlhf_core.trainers.ppo.config import PPOConfig
 from rlhf_core.trainers.ppo.policy_value import PolicyAndValue
 
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
+
 __all__ = [
     "Experience",
     "RolloutEngine",
@@ -236,11 +238,24 @@ def old_logprobs_and_values(
 # ---- rewards, advantages, returns --------------------------------------------------------------------------
 
 
-def _whiten_if_possible(values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool) -> torch.Tensor:
-    # Whitening needs a variance: with fewer than two tokens (a one-token answer given to `step`) keep the values.
-    if mask.sum() < 2:
+def _whiten_if_possible(
+    values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool, all_reduce: AllReduce | None = None
+) -> torch.Tensor:
+    """``masked_whiten`` over the global batch: with ``all_reduce`` (a sum over processes) the mean and variance
+    are those of every process's tokens together, so N processes whiten as one process with their whole batch."""
+    if all_reduce is None:
+        # Whitening needs a variance: with fewer than two tokens (a one-token answer to `step`) keep the values.
+        if mask.sum() < 2:
+            return values
+        return masked_whiten(values, mask, shift_mean=shift_mean) * mask
+    weights = mask.to(values.dtype)
+    count, total = all_reduce(torch.stack([weights.sum(), (values * weights).sum()])).unbind()
+    if count < 2:
         return values
-    return masked_whiten(values, mask, shift_mean=shift_mean) * mask
+    mean = total / count
+    variance = all_reduce(((values - mean) ** 2 * weights).sum()) / (count - 1)  # Bessel, as masked_var
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    return (whitened if shift_mean else whitened + mean) * weights
 
 
 @torch.no_grad()
@@ -257,6 +272,7 @@ def build_experience(
     lam: float,
     whiten_rewards: bool = False,
     whiten_advantages: bool = True,
+    all_reduce: AllReduce | None = None,
 ) -> Experience:
     """KL-penalised per-token rewards, then GAE advantages (whitened) and value targets."""
     learn = batch.learn_mask
@@ -271,11 +287,11 @@ def build_experience(
     # A response with no token at all (cannot happen with max_new_tokens >= 1) would get its score nowhere.
     rewards[rows, last] += scores.to(rewards.dtype) * (learn.sum(-1) > 0)
     if whiten_rewards:
-        rewards = _whiten_if_possible(rewards, mask, shift_mean=False)
+        rewards = _whiten_if_possible(rewards, mask, shift_mean=False, all_reduce=all_reduce)
     values = values * mask
     advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
     if whiten_advantages:
-        advantages = _whiten_if_possible(advantages, mask, shift_mean=True)
+        advantages = _whiten_if_possible(advantages, mask, shift_mean=True, all_reduce=all_reduce)
     return Experience(
         batch=batch,
         logprobs=logprobs * mask,
@@ -305,6 +321,8 @@ class RolloutEngine:
     # The training pass's mixed precision (``accelerator.autocast``): sampling, the old log-probs and values and
     # the reference log-probs run under it too, so that with bf16 the first PPO ratio is exactly 1.
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    # A sum over processes (None: one process): advantage/reward whitening over the global batch.
+    all_reduce: AllReduce | None = None
 
     def __post_init__(self) -> None:
         self.stop_ids = stop_token_ids(self.config, self.tokenizer)
@@ -395,6 +413,7 @@ class RolloutEngine:
             lam=cfg.lam,
             whiten_rewards=cfg.whiten_rewards,
             whiten_advantages=cfg.whiten_advantages,
+            all_reduce=self.all_reduce,
         )
 
 

@@ -143,6 +143,7 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
             reward_model=reward_model,
             reward_fn=reward_fn,
             autocast=self.accelerator.autocast,
+            all_reduce=self._sum_over_processes if self.accelerator.num_processes > 1 else None,
         )
         self._prepared = False
 
@@ -298,6 +299,9 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
         metrics["time/rollout"], metrics["time/optimisation"] = rollout_seconds, time.time() - started
         metrics["lr"] = lr
         return metrics
+
+    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction="sum")
 
     def _mean_over_processes(self, metrics: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1:
