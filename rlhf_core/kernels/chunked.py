@@ -157,18 +157,39 @@ def _chunks(
 
 
 class _GradBuffers:
-    """fp32 accumulators for the weight and bias gradients; the hidden gradient is written row by row."""
+    """fp32 accumulators for the weight and bias gradients; the hidden gradient is written row by row.
+
+    Why no ``torch.zeros`` for the two big ones: the weight accumulator ``[V, H]`` is written, not added to, by the
+    first chunk's GEMM (``beta=0`` ignores its uninitialised contents), and the hidden gradient needs zeros only for
+    the rows that are left out (ignored labels): each saves a full pass over a vocabulary- or token-sized tensor.
+    """
 
     def __init__(
-        self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, needs: tuple[bool, ...]
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        needs: tuple[bool, ...],
+        rows: _TokenRows,
     ) -> None:
         self.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         acc = {"dtype": accumulation_dtype(weight.dtype), "device": weight.device}
-        self.hidden = torch.zeros_like(hidden) if needs[0] else None
-        self.weight = torch.zeros(weight.shape, **acc) if needs[1] else None
+        every_row = rows.index is None and len(rows) > 0
+        self.hidden = (
+            None if not needs[0] else torch.empty_like(hidden) if every_row else torch.zeros_like(hidden)
+        )
+        self.weight = torch.empty(weight.shape, **acc) if needs[1] else None
         self.bias = torch.zeros(weight.shape[0], **acc) if bias is not None and needs[2] else None
+        self._weight_written = False
+
+    def add_weight(self, delta_t: torch.Tensor, operand: torch.Tensor, alpha: float) -> None:
+        """``weight += alpha * delta_t @ operand`` (the first call writes instead of adding)."""
+        self.weight.addmm_(delta_t, operand, beta=1.0 if self._weight_written else 0.0, alpha=alpha)
+        self._weight_written = True
 
     def results(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        if self.weight is not None and not self._weight_written:
+            self.weight.zero_()  # no row took part
         weight = None if self.weight is None else self.weight.to(self.dtypes[1])
         bias = None if self.bias is None else self.bias.to(self.dtypes[2])
         return self.hidden, weight, bias
@@ -210,7 +231,7 @@ def _accumulate_chunk_grads(
         rows.write_rows(grads.hidden, start, end, _hidden_direction(probs, weight).mul_(row_scale))
     if grads.weight is not None:
         operand = h_c.to(probs.dtype) * row_scale if per_row else h_c.to(probs.dtype)
-        grads.weight.addmm_(probs.t(), operand, alpha=-1.0 if per_row else -coef)
+        grads.add_weight(probs.t(), operand, -1.0 if per_row else -coef)
     if grads.bias is not None:
         if per_row:
             grads.bias.addmv_(probs.t(), coef, alpha=-1.0)
@@ -283,7 +304,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
             return (grad_hidden, None, None, *nones)
         active = coef != 0
         rows, coef, lse = rows.subset(active), coef[active], lse[active]
-        grads = _GradBuffers(hidden, weight, bias, ctx.needs_input_grad[:3])
+        grads = _GradBuffers(hidden, weight, bias, ctx.needs_input_grad[:3], rows)
         for start, end, h_c, targets_c, logits in _chunks(
             rows, hidden, weight, bias, ctx.inv_t, ctx.chunk_size
         ):
@@ -313,7 +334,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         n, inv_t = len(rows), 1.0 / temperature
         # mean over zero tokens is 0/0 = nan, as in torch.nn.functional.cross_entropy.
         scale = (1.0 / n if n else float("nan")) if reduction == "mean" else 1.0
-        grads = _GradBuffers(hidden, weight, bias, needs) if any(needs) else None
+        grads = _GradBuffers(hidden, weight, bias, needs, rows) if any(needs) else None
         logp = hidden.new_empty(n, dtype=accumulation_dtype(hidden.dtype))
         lse = torch.empty_like(logp)
         for start, end, h_c, targets, logits in _chunks(rows, hidden, weight, bias, inv_t, chunk_size):
@@ -334,6 +355,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                 "first backward; a second backward through the same graph (retain_graph=True) is not supported"
             )
         ctx.grads = None  # the stored gradients are weight-sized: free them as soon as they are handed on
-        if float(grad_loss) != 1.0:
-            grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in grads)
+        if (
+            float(grad_loss) != 1.0
+        ):  # e.g. the trainer's 1 / tokens: scaled in place, these buffers are ours alone
+            grads = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads)
         return (*grads, None, None, None, None, None, None, None)

@@ -62,6 +62,22 @@ def test_all_ignored_mean_is_nan_like_torch(case_factory):
     assert all(torch.count_nonzero(g) == 0 for g in fused[1])
 
 
+@pytest.mark.parametrize("ignored", ["all", "none"])
+def test_sum_gradients_are_exact_whoever_takes_part(case_factory, ignored):
+    # The weight gradient buffer is not zero-filled (the first chunk's GEMM writes it) and the hidden gradient is
+    # not either when every row takes part: no row taking part must still give exact zeros, not stale memory.
+    case = case_factory(20, 8, 30)
+    if ignored == "all":
+        case.labels[:] = -100
+    torch.empty(64 * 30, 8).fill_(float("nan"))  # leave garbage for an allocator to hand back
+    fused = _run(fused_linear_cross_entropy, case, "sum", 2.0, chunk_size=6)
+    naive = _run(naive_linear_cross_entropy, case, "sum", 2.0)
+    for got, want in zip((fused[0], *fused[1]), (naive[0], *naive[1])):
+        torch.testing.assert_close(got, want, **FP32_TOLERANCE)
+    if ignored == "all":
+        assert all(bool((g == 0).all()) for g in fused[1])
+
+
 def test_no_grad_forward_matches_and_computes_no_gradients(case_factory, monkeypatch):
     monkeypatch.setattr(chunked, "_accumulate_chunk_grads", lambda *a: pytest.fail("gradients under no_grad"))
     case = case_factory(ignore_every=5)
