@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU wheel of torch; a GPU user installs a CUDA build first (README, "GPU").
 TORCH_SPEC ?= torch==2.13.0
+# TRL 1.12 (the last TRL with PPO) goes to $(VENV)/trl112, off sys.path: only the TRL field-parity test reads it.
+# The bench extra brings TRL 1.16 for the same test and the benchmarks.
+TRL112_SPEC ?= trl==1.12.0
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
@@ -18,7 +21,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev,triton,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,triton,ray,bench]"
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/trl112 $(TRL112_SPEC)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -308,13 +308,17 @@ def keep_end(ids: list[int], n: int, sp: SpecialTokens) -> list[int]:
     return head + ids[len(ids) - (n - len(head)) :]
 
 
-def _fit_sft(ids: list[int], mask: list[int], max_length: int | None, overlong: str):
+def _fit_sft(
+    ids: list[int], mask: list[int], max_length: int | None, overlong: str, keep: str = "keep_start"
+):
     if not any(mask):
         return _NO_LOSS, ids, mask
     if max_length is None or len(ids) <= max_length:
         status = _FIT
     elif overlong == "drop":
         return _DROPPED, ids, mask
+    elif keep == "keep_end":
+        status, ids, mask = _TRUNCATED, ids[-max_length:], mask[-max_length:]
     else:
         status, ids, mask = _TRUNCATED, ids[:max_length], mask[:max_length]
     return (status if any(mask) else _DROPPED), ids, mask
@@ -389,6 +393,7 @@ def tokenize_sft(
     text_field: str = "text",
     max_length: int | None = 1024,
     overlong: Overlong = "truncate",
+    truncation_mode: str = "keep_start",
     completion_only_loss: bool = True,
     assistant_only_loss: bool = True,
     num_proc: int | None = None,
@@ -397,10 +402,12 @@ def tokenize_sft(
 
     Returns ``Dataset[input_ids, completion_mask]`` (mask 1 where the loss applies: every token of a text, the
     completion of a prompt-completion row when ``completion_only_loss``, the assistant turns of a conversation when
-    ``assistant_only_loss``) and the :class:`OverlongReport`. Over-long rows keep their start (``"truncate"``) or
-    are removed (``"drop"``).
+    ``assistant_only_loss``) and the :class:`OverlongReport`. Over-long rows keep their start (``"truncate"``;
+    their end with ``truncation_mode="keep_end"``) or are removed (``"drop"``).
     """
     _check_policy(overlong)
+    if truncation_mode not in ("keep_start", "keep_end"):
+        raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {truncation_mode!r}")
     dataset = _as_dataset(dataset)
     fmt = detect_format(dict.fromkeys(dataset.column_names), text_field=text_field)
     if fmt not in _SFT_FORMATS:
@@ -412,7 +419,7 @@ def tokenize_sft(
 
     def tokenize_row(example: dict, index: int) -> dict:
         ids, mask = encode(example, index)
-        status, ids, mask = _fit_sft(ids, mask, max_length, overlong)
+        status, ids, mask = _fit_sft(ids, mask, max_length, overlong, truncation_mode)
         return {"input_ids": ids, "completion_mask": mask, _STATUS: status}
 
     tokenized = dataset.map(

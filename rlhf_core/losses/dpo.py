@@ -20,9 +20,12 @@ import torch.nn.functional as F
 
 __all__ = [
     "DPO_LOSSES",
+    "F_DIVERGENCES",
+    "F_DIVERGENCE_LOSSES",
     "DPOLossOutput",
     "PairLogRatios",
     "dpo_loss",
+    "f_divergence_scores",
     "register_dpo_loss",
 ]
 
@@ -181,6 +184,55 @@ def sft_nll_loss(p: PairLogRatios) -> torch.Tensor:
     return nll
 
 
+# ---- f-DPO -------------------------------------------------------------------------------------------------
+
+# The variants built on the chosen-rejected difference d (and the SFT term, which reads no log-ratio): the ones
+# for which replacing the log-ratios by f'(u) is the f-DPO objective.
+F_DIVERGENCE_LOSSES = frozenset({"sigmoid", "robust", "hinge", "ipo", "exo_pair", "sft"})
+_EXP_CAP = {torch.float16: 11.0, torch.bfloat16: 80.0, torch.float32: 80.0, torch.float64: 80.0}
+
+
+def _reverse_kl(logratio: torch.Tensor, alpha: float) -> torch.Tensor:
+    return logratio
+
+
+def _forward_kl(logratio: torch.Tensor, alpha: float) -> torch.Tensor:
+    return 1 - torch.exp(-logratio)
+
+
+def _js_divergence(logratio: torch.Tensor, alpha: float) -> torch.Tensor:
+    return math.log(2) + F.logsigmoid(logratio)
+
+
+def _alpha_divergence(logratio: torch.Tensor, alpha: float) -> torch.Tensor:
+    if abs(alpha - 1.0) < 1e-6:  # the limit is log u: reverse KL
+        return logratio
+    t = ((alpha - 1.0) * logratio).float().clamp(max=_EXP_CAP.get(logratio.dtype, 80.0))
+    return ((torch.exp(t) - 1.0) / (alpha - 1.0)).to(logratio.dtype)
+
+
+F_DIVERGENCES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "reverse_kl": _reverse_kl,
+    "forward_kl": _forward_kl,
+    "js_divergence": _js_divergence,
+    "alpha_divergence": _alpha_divergence,
+}
+
+
+def f_divergence_scores(logratio: torch.Tensor, f_divergence_type: str, alpha: float = 0.5) -> torch.Tensor:
+    """``f'(u)`` at ``u = pi / pi_ref`` from ``log u`` (any shape): f-DPO (Wang et al. 2023, arXiv:2309.16240,
+    Theorem 1 and Table 1) puts ``f'(u)`` where DPO has ``log u``.
+
+    reverse_kl: ``log u`` (DPO). forward_kl: ``1 - 1/u``. js_divergence: ``log(2u / (1 + u))``.
+    alpha_divergence: ``(u^(alpha-1) - 1) / (alpha - 1)`` (TRL 1.16's parametrisation: the paper's
+    ``(1 - u^-a) / a`` with ``a = 1 - alpha``; alpha = 1 is the reverse-KL limit); the exponent is capped so that
+    ``exp`` stays finite in the tensor's dtype.
+    """
+    if f_divergence_type not in F_DIVERGENCES:
+        raise ValueError(f"unknown f_divergence_type {f_divergence_type!r}; known: {sorted(F_DIVERGENCES)}")
+    return F_DIVERGENCES[f_divergence_type](logratio, alpha)
+
+
 class DPOLossOutput(NamedTuple):
     """What `dpo_loss` returns.
 
@@ -207,6 +259,8 @@ def dpo_loss(
     label_smoothing: float = 0.0,
     chosen_lengths: torch.Tensor | None = None,
     rejected_lengths: torch.Tensor | None = None,
+    f_divergence_type: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
 ) -> DPOLossOutput:
     """Per-pair DPO-family losses from sequence log-probabilities.
 
@@ -218,6 +272,9 @@ def dpo_loss(
         loss_weights: one weight per name in `loss_type` (default 1.0 each).
         label_smoothing: assumed label-flip rate e (cDPO for "sigmoid", rDPO for "robust", EXO's target).
         chosen_lengths, rejected_lengths: optional `[B]` completion token counts (per-token IPO and SFT terms).
+        f_divergence_type, f_alpha_divergence_coef: f-DPO (`f_divergence_scores`): the losses see ``f'(u)`` in
+            place of the log-ratios (only the variants of `F_DIVERGENCE_LOSSES`); the reported rewards stay
+            ``beta * log-ratio``.
 
     Returns:
         `DPOLossOutput`; the trainer reduces `losses` (sum / pairs in the accumulated batch).
@@ -232,11 +289,20 @@ def dpo_loss(
     if len(shapes) != 1 or policy_chosen_logps.dim() != 1:
         raise ValueError(f"dpo_loss expects four [B] tensors of the same shape, got shapes {sorted(shapes)}")
 
+    if f_divergence_type != "reverse_kl" and not set(names) <= F_DIVERGENCE_LOSSES:
+        raise ValueError(
+            f"f_divergence_type={f_divergence_type!r} applies to the losses {sorted(F_DIVERGENCE_LOSSES)} only, "
+            f"got {names}"
+        )
     ref_chosen_logps = ref_chosen_logps.detach().to(policy_chosen_logps.dtype)
     ref_rejected_logps = ref_rejected_logps.detach().to(policy_rejected_logps.dtype)
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
     pair = PairLogRatios(
-        chosen_logratios=policy_chosen_logps - ref_chosen_logps,
-        rejected_logratios=policy_rejected_logps - ref_rejected_logps,
+        chosen_logratios=f_divergence_scores(chosen_logratios, f_divergence_type, f_alpha_divergence_coef),
+        rejected_logratios=f_divergence_scores(
+            rejected_logratios, f_divergence_type, f_alpha_divergence_coef
+        ),
         policy_chosen_logps=policy_chosen_logps,
         beta=beta,
         label_smoothing=label_smoothing,
@@ -251,8 +317,8 @@ def dpo_loss(
         losses = losses + weight * term
     return DPOLossOutput(
         losses=losses,
-        chosen_rewards=(beta * pair.chosen_logratios).detach(),
-        rejected_rewards=(beta * pair.rejected_logratios).detach(),
+        chosen_rewards=(beta * chosen_logratios).detach(),
+        rejected_rewards=(beta * rejected_logratios).detach(),
         terms=terms,
     )
 

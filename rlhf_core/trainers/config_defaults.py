@@ -19,17 +19,81 @@ The mixin re-declares a few `TrainingArguments` fields with defaults that work w
   11M-parameter benchmark model, 2 threads: ~250 vs ~120 CPU-ms per step).
 - ``logging_steps=10``: short runs still log a few points (the transformers default, 500, often logs nothing).
 - ``report_to="none"``: nothing is sent anywhere unless asked; the pipeline sets ``["mlflow"]`` itself.
+
+TRL field parity: every field of TRL's matching config is accepted. A field this project does not implement is
+declared from a table, one per config, ``{name: Unimplemented(default, instead)}``, by the `unimplemented_fields`
+class decorator (under ``@dataclass``); at construction a non-default value raises ``NotImplementedError`` naming
+the field and what to use instead, so a TRL script never trains silently with a setting ignored::
+
+    @dataclass
+    @unimplemented_fields({"activation_offloading": Unimplemented(False, "use gradient_checkpointing=True")})
+    class SFTConfig(ConfigDefaultsMixin, TrainingArguments):
+        ...
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=type)
+
+
+class Unimplemented(NamedTuple):
+    """A TRL field accepted at its default only. ``instead``: what to use instead (ends the error message);
+    ``annotation``: the field's type for argument parsers (default: the default's type)."""
+
+    default: Any
+    instead: str
+    annotation: str = ""
+
+
+def unimplemented_fields(table: Mapping[str, Unimplemented]) -> Callable[[T], T]:
+    """Class decorator (place it under ``@dataclass``): declares each entry of ``table`` as a field with that default.
+
+    `ConfigDefaultsMixin.__post_init__` then refuses a non-default value of any of them (`refuse_unimplemented`).
+    The table lives on the class (``_unimplemented_fields``, merged with the parents'), not in field metadata:
+    argument parsers (``HfArgumentParser``, TRL's ``TrlParser``) pass metadata on to argparse.
+    """
+
+    def declare(cls: T) -> T:
+        annotations = cls.__dict__.get("__annotations__", {})
+        for name, entry in table.items():
+            if name in annotations:
+                raise TypeError(f"{cls.__name__}.{name} is declared in the class body and as unimplemented")
+            annotations[name] = entry.annotation or type(entry.default).__name__
+            help_text = (
+                f"Accepted for TRL compatibility; only {entry.default!r} is supported ({entry.instead})."
+            )
+            setattr(cls, name, field(default=entry.default, metadata={"help": help_text}))
+        cls.__annotations__ = annotations
+        cls._unimplemented_fields = {**getattr(cls, "_unimplemented_fields", {}), **table}
+        return cls
+
+    return declare
+
+
+def unimplemented_table(config_class: type) -> dict[str, Unimplemented]:
+    """``{field: Unimplemented}`` of a config class (for documentation and tests)."""
+    return dict(getattr(config_class, "_unimplemented_fields", {}))
+
+
+def refuse_unimplemented(config: Any) -> None:
+    """``NotImplementedError`` for the first unimplemented field (see `unimplemented_fields`) set to another value."""
+    for name, entry in unimplemented_table(type(config)).items():
+        value = vars(config).get(name, entry.default)
+        if value != entry.default:
+            raise NotImplementedError(
+                f"{type(config).__name__}.{name}={value!r} is not implemented (only {entry.default!r} is): "
+                f"{entry.instead}"
+            )
 
 
 def cuda_bf16_available() -> bool:
@@ -70,6 +134,7 @@ class ConfigDefaultsMixin:
     )
 
     def __post_init__(self) -> None:
+        refuse_unimplemented(self)
         self._resolve_precision()
         if self.optim is None:
             on_cuda = torch.cuda.is_available() and not getattr(self, "use_cpu", False)

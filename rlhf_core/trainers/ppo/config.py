@@ -24,11 +24,38 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from rlhf_core.losses.ppo import KL_ESTIMATORS
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
 
 __all__ = ["PPOConfig"]
 
 logger = logging.getLogger(__name__)
+
+_COMPUTED = (
+    "computed by TRL's trainer at start-up, not set by users; here the batch shape comes from batch_size, "
+    "mini_batch_size, num_mini_batches, per_device_train_batch_size and gradient_accumulation_steps"
+)
+# TRL 1.12 PPOConfig fields accepted at their default only (a non-default value raises NotImplementedError).
+PPO_UNIMPLEMENTED = {
+    "world_size": Unimplemented(None, f"{_COMPUTED} (the number of processes is accelerate's)", "int | None"),
+    "num_total_batches": Unimplemented(None, f"{_COMPUTED}; set total_episodes or max_steps", "int | None"),
+    "micro_batch_size": Unimplemented(None, _COMPUTED, "int | None"),
+    "local_batch_size": Unimplemented(None, _COMPUTED, "int | None"),
+    "local_mini_batch_size": Unimplemented(None, _COMPUTED, "int | None"),
+    "ds3_gather_for_generation": Unimplemented(
+        True, "this project's generation has no ZeRO-3 mode that skips gathering the weights"
+    ),
+    "model_adapter_name": Unimplemented(
+        None,
+        "a PEFT policy trains its active adapter and its reference is the base model (adapter disabled); pass "
+        "ref_model= for another reference",
+        "str | None",
+    ),
+    "ref_adapter_name": Unimplemented(
+        None,
+        "a PEFT policy's reference is the base model (adapter disabled); pass ref_model= for another reference",
+        "str | None",
+    ),
+}
 
 
 def _help(text: str) -> dict[str, str]:
@@ -36,8 +63,16 @@ def _help(text: str) -> dict[str, str]:
 
 
 @dataclass
+@unimplemented_fields(PPO_UNIMPLEMENTED)
 class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
-    """Configuration of `PPOTrainer`: every `TrainingArguments` field (CPU-safe defaults) plus these."""
+    """Configuration of `PPOTrainer`: every `TrainingArguments` field (CPU-safe defaults) plus these.
+
+    TRL 1.12 names: ``sft_model_path`` / ``reward_model_path`` are loaded when ``model`` / ``reward_model`` (and
+    ``reward_fn``) are not given (None here by default: TRL's default names a hub model);
+    ``num_sample_generations``: sample completions (prompt, response, score) recorded that many times over
+    ``train()`` (`PPOTrainer.sample_generations`, logged as a table). TRL fields accepted at their default only:
+    ``PPO_UNIMPLEMENTED``.
+    """
 
     learning_rate: float = field(default=3e-6, metadata=_help("AdamW learning rate (TRL's PPO default)."))
     # ---- batch shape --------------------------------------------------------------------------------------
@@ -122,6 +157,17 @@ class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
         default=None, metadata=_help("from_pretrained keyword arguments for models given by name.")
     )
     dataset_num_proc: int | None = field(default=None, metadata=_help("Processes to tokenise prompts."))
+    sft_model_path: str | None = field(
+        default=None, metadata=_help("The policy to load when PPOTrainer gets no model= (a name or path).")
+    )
+    reward_model_path: str | None = field(
+        default=None,
+        metadata=_help("The reward model to load when PPOTrainer gets neither reward_model= nor reward_fn=."),
+    )
+    num_sample_generations: int = field(
+        default=10,
+        metadata=_help("Times over train() that sample completions are recorded and logged (0: never)."),
+    )
 
     def __post_init__(self) -> None:
         self._resolve_aliases()
@@ -148,6 +194,8 @@ class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
             raise ValueError(f"kl_estimator={self.kl_estimator!r}: choose one of {sorted(KL_ESTIMATORS)}")
         if self.stop_token not in ("eos", None):
             raise ValueError(f"stop_token={self.stop_token!r}: use 'eos' or None (or stop_token_id=<int>)")
+        if self.num_sample_generations < 0:
+            raise ValueError(f"num_sample_generations must be >= 0, got {self.num_sample_generations}")
         positive = {
             "num_ppo_epochs": self.num_ppo_epochs,
             "num_mini_batches": self.num_mini_batches,
@@ -200,3 +248,12 @@ class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
                 f"{micro} (which give {steps}); leave it at 1 when giving batch_size"
             )
         self.per_device_train_batch_size, self.gradient_accumulation_steps = micro, steps
+
+
+def _requested_world_size(self: PPOConfig, value: int | None) -> None:
+    self.__dict__["world_size"] = value  # what the user passed: refused unless None (PPO_UNIMPLEMENTED)
+
+
+# TRL 1.12 declares world_size as a field; here it must stay TrainingArguments' property (the process count that
+# the Trainer and accelerate read), so the field's value is stored aside and the property is restored.
+PPOConfig.world_size = property(TrainingArguments.world_size.fget, _requested_world_size)

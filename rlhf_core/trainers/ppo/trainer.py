@@ -61,6 +61,7 @@ from rlhf_core.trainers.ppo.kl_control import build_kl_controller
 from rlhf_core.trainers.ppo.metrics import EpisodeProgressCallback, MetricsWindow, rollout_metrics
 from rlhf_core.trainers.ppo.optimisation import run_ppo_epochs
 from rlhf_core.trainers.ppo.policy_value import PolicyAndValue
+from rlhf_core.trainers.ppo.samples import is_sample_update, sample_rows
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
             dataset = dataset if dataset is not None else reward_model
             processing_class, model, ref_model, reward_model = ref_model, processing_class, model, None
         args = _resolve_args(args, config)
+        model = args.sft_model_path if model is None else model  # TRL 1.12's names for the models to load
+        if reward_model is None and reward_fn is None:
+            reward_model = args.reward_model_path
         _check_models(model, ref_model, reward_model, reward_fn)
         processing_class = _resolve_tokenizer(model, processing_class, tokenizer)
         wrapper, ref_model, reward_model = self._build_models(
@@ -146,6 +150,7 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
             all_reduce=self._sum_over_processes if self.accelerator.num_processes > 1 else None,
         )
         self._prepared = False
+        self.sample_generations: list[dict[str, Any]] = []  # num_sample_generations' records (samples.py)
 
     @staticmethod
     def _build_models(args, model, ref_model, reward_model, value_model, peft_config, num_shared_layers):
@@ -271,6 +276,9 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
         exp = self.rollout.make_experience(
             batch["input_ids"].to(device), batch["attention_mask"].to(device), batch.get("prompt"), kl_coef
         )
+        update = self.state.global_step + 1
+        if is_sample_update(update, self.state.max_steps, self.args.num_sample_generations):
+            self.sample_generations += sample_rows(exp, self.processing_class, update)
         metrics = self._optimise(exp, kl_coef, rollout_seconds=time.time() - started)
         self.state.epoch = self.state.episode / len(self.train_dataset)
         return metrics

@@ -118,9 +118,9 @@ class PreferencePairCollator:
     have one, and `ref_chosen_logps` / `ref_rejected_logps` `[B]` when the dataset carries them.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None) -> None:
         self.pad_token_id = pad_token_id
-        self.collator = PreferenceCollator(pad_token_id)
+        self.collator = PreferenceCollator(pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, Any]:
         present = [name for name in REFERENCE_COLUMNS if name in features[0]]

@@ -185,6 +185,8 @@ class DPOTrainer(PairwiseTrainer):
             label_smoothing=self.args.label_smoothing,
             chosen_lengths=chosen_tokens.to(policy_chosen.dtype),
             rejected_lengths=rejected_tokens.to(policy_chosen.dtype),
+            f_divergence_type=self.args.f_divergence_type,
+            f_alpha_divergence_coef=self.args.f_alpha_divergence_coef,
         )
         loss = out.losses.sum() / self.loss_divisor(inputs, num_items_in_batch)
         self._record(out, policy_chosen, policy_rejected)

@@ -6,15 +6,46 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from rlhf_core.losses.dpo import DPO_LOSSES
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+from rlhf_core.losses.dpo import DPO_LOSSES, F_DIVERGENCES
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
 from rlhf_core.trainers.preference.data import check_length_policy
+from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["DPOConfig"]
 
+_REF_SYNC = "TR-DPO reference synchronisation is not implemented yet"
+# TRL 1.16 DPOConfig fields accepted at their default only (a non-default value raises NotImplementedError).
+DPO_UNIMPLEMENTED = {
+    "trust_remote_code": Unimplemented(
+        False,
+        "load the model and tokenizer yourself with trust_remote_code=True (or pass model_init_kwargs="
+        "{'trust_remote_code': True} and a processing_class) and give them to the trainer",
+    ),
+    "router_aux_loss_coef": Unimplemented(
+        None, "no mixture-of-experts load-balancing loss is added to the DPO loss", "float | None"
+    ),
+    "activation_offloading": Unimplemented(
+        False, "activations are not offloaded to the CPU; use gradient_checkpointing=True to save memory"
+    ),
+    "truncation_mode": Unimplemented(
+        "keep_start",
+        "TRL deprecates 'keep_end'; the length policy here is overlong='truncate' (the prompt keeps its end, the "
+        "completions their start) or 'drop', with max_length and max_prompt_length",
+    ),
+    "discopop_tau": Unimplemented(
+        0.05, f"loss_type='discopop' is not implemented; the DPO losses here are {sorted(DPO_LOSSES)}"
+    ),
+    "ld_alpha": Unimplemented(None, "LD-DPO is not implemented yet", "float | None"),
+    "use_weighting": Unimplemented(False, "WPO weighting is not implemented yet"),
+    "sync_ref_model": Unimplemented(False, _REF_SYNC),
+    "ref_model_mixup_alpha": Unimplemented(0.6, _REF_SYNC),
+    "ref_model_sync_steps": Unimplemented(512, _REF_SYNC),
+}
+
 
 @dataclass
-class DPOConfig(ConfigDefaultsMixin, TrainingArguments):
+@unimplemented_fields(DPO_UNIMPLEMENTED)
+class DPOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     """Configuration of `DPOTrainer` (every `TrainingArguments` field, with CPU-safe defaults, plus these).
 
     Loss: `loss_type` names one or several functions of `rlhf_core.losses.dpo.DPO_LOSSES` (a string or a list;
@@ -27,6 +58,13 @@ class DPOConfig(ConfigDefaultsMixin, TrainingArguments):
 
     Length policy: as in `RewardConfig` (with ``overlong="truncate"`` the prompt keeps its end and gives up tokens
     first, then the completions keep their start; ``"drop"`` removes the pair; counts logged).
+
+    f-DPO (arXiv:2309.16240): ``f_divergence_type`` ("reverse_kl" = DPO, "forward_kl", "js_divergence",
+    "alpha_divergence" with ``f_alpha_divergence_coef``) replaces the log-ratios of the losses built on the
+    chosen-rejected difference by the divergence's ``f'(pi / pi_ref)``.
+
+    TRL's tokenizer fields (`pad_token`, `pad_to_multiple_of`, ...): see `rlhf_core.trainers.tokenizer_options`.
+    TRL fields accepted at their default only: ``DPO_UNIMPLEMENTED``.
     """
 
     beta: float = field(default=0.1, metadata={"help": "Strength of the implicit KL constraint (> 0)."})
@@ -85,6 +123,13 @@ class DPOConfig(ConfigDefaultsMixin, TrainingArguments):
     ref_model_init_kwargs: dict | None = field(
         default=None, metadata={"help": "from_pretrained keyword arguments when ref_model is given by name."}
     )
+    f_divergence_type: str = field(
+        default="reverse_kl",
+        metadata={"help": f"f-DPO divergence (arXiv:2309.16240): one of {sorted(F_DIVERGENCES)}."},
+    )
+    f_alpha_divergence_coef: float = field(
+        default=0.5, metadata={"help": "alpha of f_divergence_type='alpha_divergence'."}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.loss_type, str):
@@ -105,4 +150,8 @@ class DPOConfig(ConfigDefaultsMixin, TrainingArguments):
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         check_length_policy(self.max_length, self.max_prompt_length, self.overlong)
+        if self.f_divergence_type not in F_DIVERGENCES:
+            raise ValueError(
+                f"f_divergence_type {self.f_divergence_type!r} is unknown; known: {sorted(F_DIVERGENCES)}"
+            )
         super().__post_init__()

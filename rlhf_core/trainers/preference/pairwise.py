@@ -27,6 +27,7 @@ from rlhf_core.trainers.preference.data import (
     prepare_preference_dataset,
 )
 from rlhf_core.trainers.preference.model_prep import ensure_pad_token
+from rlhf_core.trainers.tokenizer_options import apply_tokenizer_options
 
 __all__ = ["PairwiseTrainer"]
 
@@ -60,7 +61,8 @@ class PairwiseTrainer(TokenNormalisedTrainer):
         if isinstance(model, str):
             processing_class = load_processing_class(model, processing_class)
             model = self._load_model(model, args)
-        pad_token_id = ensure_pad_token(processing_class, model)
+        pad_token_id = ensure_pad_token(apply_tokenizer_options(processing_class, args), model)
+        self._pad_to_multiple_of = getattr(args, "pad_to_multiple_of", None)
         if args.disable_dropout:
             disable_dropout(model)
         ref_model = self._prepare_models(model, ref_model, args, peft_config)
@@ -100,7 +102,7 @@ class PairwiseTrainer(TokenNormalisedTrainer):
         return prepare_preference_dataset(dataset, processing_class, **self._length_policy, what=what)
 
     def _default_collator(self, pad_token_id: int) -> Any:
-        return PreferencePairCollator(pad_token_id)
+        return PreferencePairCollator(pad_token_id, pad_to_multiple_of=self._pad_to_multiple_of)
 
     def pair_scores(self, outputs: Any) -> torch.Tensor:
         """``[B, 2]`` (chosen, rejected) scores from ``compute_loss``'s outputs, for ``prediction_step``."""

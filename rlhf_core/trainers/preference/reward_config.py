@@ -6,14 +6,28 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
 from rlhf_core.trainers.preference.data import check_length_policy
+from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["RewardConfig"]
 
+# TRL 1.16 RewardConfig fields accepted at their default only (a non-default value raises NotImplementedError).
+REWARD_UNIMPLEMENTED = {
+    "trust_remote_code": Unimplemented(
+        False,
+        "load the model and tokenizer yourself with trust_remote_code=True (or pass model_init_kwargs="
+        "{'trust_remote_code': True} and a processing_class) and give them to the trainer",
+    ),
+    "activation_offloading": Unimplemented(
+        False, "activations are not offloaded to the CPU; use gradient_checkpointing=True to save memory"
+    ),
+}
+
 
 @dataclass
-class RewardConfig(ConfigDefaultsMixin, TrainingArguments):
+@unimplemented_fields(REWARD_UNIMPLEMENTED)
+class RewardConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     """Configuration of `RewardTrainer` (every `TrainingArguments` field, with CPU-safe defaults, plus these).
 
     Length policy (`max_length`, `max_prompt_length`, `overlong`), applied by the foundation's
@@ -23,6 +37,9 @@ class RewardConfig(ConfigDefaultsMixin, TrainingArguments):
     completions keep their start. With ``overlong="drop"`` the pair is removed. The counts are logged. A reward
     model scores the whole sequence, so when chosen and rejected differ near their ends, prefer ``"drop"`` or a
     larger `max_length`.
+
+    TRL's tokenizer fields (`pad_token`, `eos_token`, `chat_template_path`, `pad_to_multiple_of`): see
+    `rlhf_core.trainers.tokenizer_options`. TRL fields accepted at their default only: ``REWARD_UNIMPLEMENTED``.
     """
 
     max_length: int | None = field(

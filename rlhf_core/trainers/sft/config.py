@@ -7,16 +7,35 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+from rlhf_core.losses.sft import SFT_LOSSES
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
+from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["SFTConfig"]
 
 _OVERLONG = ("truncate", "drop")
 _PACKING_STRATEGIES = ("bfd",)
+_TRUNCATION_MODES = ("keep_start", "keep_end")
+
+# TRL 1.16 SFTConfig fields accepted at their default only (a non-default value raises NotImplementedError).
+SFT_UNIMPLEMENTED = {
+    "trust_remote_code": Unimplemented(
+        False,
+        "load the model and tokenizer yourself with trust_remote_code=True (or pass model_init_kwargs="
+        "{'trust_remote_code': True} and a processing_class) and give them to the trainer",
+    ),
+    "router_aux_loss_coef": Unimplemented(
+        None, "no mixture-of-experts load-balancing loss is added to the SFT loss", "float | None"
+    ),
+    "activation_offloading": Unimplemented(
+        False, "activations are not offloaded to the CPU; use gradient_checkpointing=True to save memory"
+    ),
+}
 
 
 @dataclass
-class SFTConfig(ConfigDefaultsMixin, TrainingArguments):
+@unimplemented_fields(SFT_UNIMPLEMENTED)
+class SFTConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     """Configuration of `SFTTrainer`.
 
     Besides every `TrainingArguments` field (with the CPU-safe defaults of `ConfigDefaultsMixin`):
@@ -36,6 +55,14 @@ class SFTConfig(ConfigDefaultsMixin, TrainingArguments):
       ``fused_chunk_size`` (None = the kernel's default), ``token_accuracy_every_step`` (False: the mean token
       accuracy, which needs an argmax over the vocabulary, is measured on the steps that log and at evaluation).
     - model: ``model_init_kwargs`` passed to ``from_pretrained`` when the model is given by name.
+    - TRL 1.16 names: ``loss_type`` ("nll", or "dft": Dynamic Fine-Tuning, arXiv:2508.05629, see
+      `rlhf_core.losses.sft`), ``truncation_mode`` ("keep_start", or "keep_end": a too-long row keeps its last
+      ``max_length`` tokens), ``shuffle_dataset`` (shuffle the raw rows with ``seed`` before tokenising),
+      ``pad_to_multiple_of`` (an int rounds each padded batch up; "auto" = no rounding: TRL rounds to 128 on AWS
+      Neuron only), ``pad_token`` / ``eos_token`` (set on the tokenizer; must be tokens of its vocabulary),
+      ``chat_template_path`` (a Jinja file, or a tokenizer folder/name whose template is copied).
+    - TRL fields accepted at their default only: ``SFT_UNIMPLEMENTED`` (a non-default value raises
+      ``NotImplementedError`` saying what to use instead).
     """
 
     learning_rate: float = field(
@@ -97,6 +124,19 @@ class SFTConfig(ConfigDefaultsMixin, TrainingArguments):
         default=False,
         metadata={"help": "Measure mean_token_accuracy on every step (costs an extra vocab pass)."},
     )
+    loss_type: str = field(
+        default="nll",
+        metadata={"help": f"Token loss: one of {sorted(SFT_LOSSES)} ('dft': arXiv:2508.05629)."},
+    )
+    truncation_mode: str = field(
+        default="keep_start",
+        metadata={
+            "help": "Rows over max_length keep their first ('keep_start') or last ('keep_end') tokens."
+        },
+    )
+    shuffle_dataset: bool = field(
+        default=False, metadata={"help": "Shuffle the raw rows (with seed) before tokenising."}
+    )
 
     def __post_init__(self) -> None:
         self._resolve_max_length()
@@ -112,6 +152,14 @@ class SFTConfig(ConfigDefaultsMixin, TrainingArguments):
             self.eval_packing = self.packing
         if self.completion_only_loss is None:
             self.completion_only_loss = True
+        if self.loss_type not in SFT_LOSSES:
+            raise ValueError(
+                f"SFTConfig.loss_type must be one of {sorted(SFT_LOSSES)}, got {self.loss_type!r}"
+            )
+        if self.truncation_mode not in _TRUNCATION_MODES:
+            raise ValueError(
+                f"SFTConfig.truncation_mode must be one of {_TRUNCATION_MODES}, got {self.truncation_mode!r}"
+            )
         super().__post_init__()
 
     def _resolve_max_length(self) -> None:

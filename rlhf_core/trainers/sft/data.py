@@ -52,6 +52,8 @@ def prepare_sft_dataset(
     from rlhf_core.data.tokenization import tokenize_sft
 
     report = None
+    if getattr(args, "shuffle_dataset", False):
+        dataset = dataset.shuffle(seed=args.seed)
     if not _is_tokenized(dataset):
         if formatting_func is not None:
             dataset = _apply_formatting_func(dataset, formatting_func, args.dataset_text_field)
@@ -61,6 +63,7 @@ def prepare_sft_dataset(
             text_field=args.dataset_text_field,
             max_length=args.max_length,
             overlong=args.overlong,
+            truncation_mode=getattr(args, "truncation_mode", "keep_start"),
             completion_only_loss=bool(args.completion_only_loss),
             assistant_only_loss=args.assistant_only_loss,
             num_proc=args.dataset_num_proc,

@@ -38,6 +38,7 @@ from rlhf_core.trainers.sft.token_stats import (
     plain_token_stats,
     supports_logits_to_keep,
 )
+from rlhf_core.trainers.tokenizer_options import apply_tokenizer_options
 
 __all__ = ["SFTTrainer"]
 
@@ -65,7 +66,7 @@ def _default_collator(tokenizer: Any, model: Any, args: SFTConfig) -> Any:
     from rlhf_core.data.collators import SFTCollator
     from rlhf_core.data.tokenization import resolve_pad_token_id
 
-    collator = SFTCollator(resolve_pad_token_id(tokenizer))
+    collator = SFTCollator(resolve_pad_token_id(tokenizer), pad_to_multiple_of=args.pad_to_multiple_of)
     if args.padding_free is False:
         return collator
     supported = reads_packed_position_ids(model)
@@ -124,8 +125,8 @@ class SFTTrainer(TokenNormalisedTrainer):
         args = _as_sft_config(args, model)
         if dataset_text_field is not None:
             args.dataset_text_field = dataset_text_field
-        processing_class = load_processing_class(
-            model, resolve_processing_class_alias(processing_class, tokenizer)
+        processing_class = apply_tokenizer_options(
+            load_processing_class(model, resolve_processing_class_alias(processing_class, tokenizer)), args
         )
         model = load_model(model, model_init_kwargs=args.model_init_kwargs)
         self.overlong_reports: dict[str, Any] = {}
@@ -231,7 +232,10 @@ class SFTTrainer(TokenNormalisedTrainer):
         shift_labels = labels[:, 1:]
         loss_mask = shift_labels != -100
         forward_inputs = {k: inputs[k] for k in _FORWARD_KEYS if inputs.get(k) is not None}
-        measure = self._measure_stats(mode)
+        dft = (
+            getattr(self.args, "loss_type", "nll") == "dft"
+        )  # DFT weights each token: it needs the log-probs
+        measure = self._measure_stats(mode) or dft
         if self._fused_ok:
             head = fusable_head(self.accelerator.unwrap_model(model))
             stats = fused_token_stats(
@@ -243,8 +247,9 @@ class SFTTrainer(TokenNormalisedTrainer):
         divisor = self.loss_divisor(inputs, num_items_in_batch)
         if stats.logps is not None:
             loss = sft_loss(
-                stats.logps, torch.ones_like(stats.logps, dtype=torch.bool), num_items=divisor
-            ).loss
+                stats.logps, torch.ones_like(stats.logps, dtype=torch.bool), num_items=divisor,
+                loss_type="dft" if dft else "nll",
+            ).loss  # fmt: skip
         else:
             # The fast fused path gives -sum(logps) directly: the same value sft_loss computes.
             loss = stats.summed_nll / divisor

@@ -189,3 +189,37 @@ def test_a_new_variant_is_a_registered_function():
             register_dpo_loss(name)(squared_margin)
     finally:
         DPO_LOSSES.pop(name)
+
+
+# ---- f-DPO (arXiv:2309.16240): f'(u) in place of log u, u = pi / pi_ref ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("divergence", "alpha", "f_prime"),
+    [
+        ("forward_kl", 0.5, lambda u: 1 - 1 / u),
+        ("js_divergence", 0.5, lambda u: math.log(2 * u / (1 + u))),
+        ("alpha_divergence", 0.5, lambda u: (u**-0.5 - 1) / -0.5),
+        ("alpha_divergence", 0.3, lambda u: (u**-0.7 - 1) / -0.7),
+        ("alpha_divergence", 1.0, math.log),  # the limit alpha -> 1 is reverse KL
+        ("reverse_kl", 0.5, math.log),
+    ],
+)
+def test_f_divergence_sigmoid_loss(divergence, alpha, f_prime):
+    out = run("sigmoid", f_divergence_type=divergence, f_alpha_divergence_coef=alpha)
+    for b in range(2):
+        scores = f_prime(math.exp(RHO_W[b])) - f_prime(math.exp(RHO_L[b]))
+        assert out.losses[b].item() == pytest.approx(-logsig(BETA * scores))
+    # the reported implicit rewards stay beta * log-ratio whatever the divergence
+    assert out.chosen_rewards.tolist() == pytest.approx([BETA * r for r in RHO_W])
+    assert out.rejected_rewards.tolist() == pytest.approx([BETA * r for r in RHO_L])
+
+
+def test_f_divergence_hand_worked_pair_and_scope():
+    # pair A: rho_w = 1, rho_l = -0.5; forward KL f'(u) = 1 - 1/u: 1 - e^-1 = 0.632121, 1 - e^0.5 = -0.648721
+    out = run("hinge", f_divergence_type="forward_kl")
+    assert out.losses[0].item() == pytest.approx(max(0.0, 1 - BETA * (0.6321206 + 0.6487213)), abs=1e-6)
+    with pytest.raises(ValueError, match="applies to the losses"):
+        run("nca_pair", f_divergence_type="js_divergence")
+    with pytest.raises(ValueError, match="unknown f_divergence_type"):
+        run("sigmoid", f_divergence_type="chi2")

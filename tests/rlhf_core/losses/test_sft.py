@@ -43,3 +43,19 @@ def test_no_loss_token_gives_zero_not_nan():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="differ"):
         sft_loss(torch.zeros(2, 3), torch.ones(3, 2))
+
+
+def test_dft_weights_each_token_by_its_detached_probability():
+    # DFT (arXiv:2508.05629): loss = -sum(sg(p) * log p) / N; gradient d/dlogp = -p (not -1 as for NLL)
+    logps = torch.tensor([[math.log(0.5), math.log(0.25), -1.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0]])
+    out = sft_loss(logps, mask, loss_type="dft")
+    expected = (0.5 * math.log(2) + 0.25 * math.log(4)) / 2  # = 0.6931 / 2
+    assert out.loss.item() == pytest.approx(expected)
+    out.loss.backward()
+    assert logps.grad[0].tolist() == pytest.approx([-0.5 / 2, -0.25 / 2, 0.0])
+    assert sft_loss(logps, mask, loss_type="nll").loss.item() == pytest.approx(
+        (math.log(2) + math.log(4)) / 2
+    )
+    with pytest.raises(ValueError, match="unknown SFT loss_type"):
+        sft_loss(logps, mask, loss_type="focal")
