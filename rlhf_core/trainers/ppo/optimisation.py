@@ -113,6 +113,10 @@ def run_ppo_epochs(
             len(exp), config.mini_batch_size, config.per_device_train_batch_size, generator
         ):
             num_tokens = sum(exp.mask[rows].sum() for rows in micro_batches).clamp(min=1).to(exp.values.dtype)
+            if accelerator.num_processes > 1:
+                # DDP averages the ranks' gradients: dividing by the global mini-batch's tokens / world size makes
+                # the update that of one process with the whole global mini-batch (ranks' token counts differ).
+                num_tokens = accelerator.reduce(num_tokens, reduction="sum") / accelerator.num_processes
             for index, rows in enumerate(micro_batches):
                 last = index == len(micro_batches) - 1
                 sync = (

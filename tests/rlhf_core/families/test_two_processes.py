@@ -1,4 +1,4 @@
-"""SFT, Reward, DPO and PPO under 2 CPU processes (gloo, `accelerate launch`): both ranks end with identical
+"""SFT, Reward, DPO and PPO (full loop and classic step() with unequal lengths per rank) under 2 CPU processes (gloo, `accelerate launch`): both ranks end with identical
 weights, equal (within 1e-5) to one process training on the same global batches, after a few SGD steps.
 
 One launch trains all four in each rank (one process start-up instead of four); each trainer has its own test.
@@ -89,7 +89,26 @@ def train_ppo(per_device: int, out: str) -> list[torch.Tensor]:
     return [p.detach().clone() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
 
 
-TRAINERS = {"sft": train_sft, "reward": train_reward, "dpo": train_dpo, "ppo": train_ppo}
+def train_ppo_step(per_device: int, out: str) -> list[torch.Tensor]:
+    """Classic ``step()`` on given episodes of unequal lengths: each rank a slice of the same global batch."""
+    from rlhf_core import PPOConfig, PPOTrainer
+    from rlhf_core.models.families import family_model_path
+    from rlhf_core.models.loading import load_causal_lm, load_tokenizer
+
+    path = family_model_path("llama")
+    args = PPOConfig(output_dir=out, batch_size=per_device, mini_batch_size=per_device, ppo_epochs=2,
+                     learning_rate=0.3, **{**SGD, "lr_scheduler_type": "constant_with_warmup"})  # fmt: skip
+    trainer = PPOTrainer(args, load_causal_lm(path), None, load_tokenizer(path))
+    rank = int(os.environ.get("RANK", "0")) if per_device < GLOBAL_BATCH else 0
+    rows = slice(rank * per_device, (rank + 1) * per_device)
+    queries = [torch.arange(10, 10 + n) for n in (5, 3, 6, 4)][rows]
+    responses = [torch.arange(60, 60 + n) for n in (2, 3, 8, 7)][rows]  # rank 0: 5 tokens, rank 1: 15
+    for step in range(STEPS):
+        trainer.step(queries, responses, [float(step + i) for i in range(GLOBAL_BATCH)][rows])
+    return [p.detach().clone() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
+
+
+TRAINERS = {"sft": train_sft, "reward": train_reward, "dpo": train_dpo, "ppo": train_ppo, "ppo_step": train_ppo_step}
 
 
 def _free_port() -> int:
