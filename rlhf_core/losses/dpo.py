@@ -26,7 +26,9 @@ __all__ = [
     "PairLogRatios",
     "dpo_loss",
     "f_divergence_scores",
+    "ld_token_weights",
     "register_dpo_loss",
+    "wpo_pair_weights",
 ]
 
 # EXO's target distribution puts mass e on the rejected response; log(0) is -inf, so when label_smoothing is 0 a
@@ -233,6 +235,49 @@ def f_divergence_scores(logratio: torch.Tensor, f_divergence_type: str, alpha: f
     return F_DIVERGENCES[f_divergence_type](logratio, alpha)
 
 
+# ---- LD-DPO and WPO: how sequence log-probs are formed and pairs weighted ------------------------------------
+
+
+def ld_token_weights(rows: torch.Tensor, num_tokens: torch.Tensor, alpha: float) -> torch.Tensor:
+    """LD-DPO (Liu et al. 2024, arXiv:2409.06411, Eq. 7) per-token weights of a chosen-then-rejected batch.
+
+    ``log pi(y) = sum_{t <= l_p} log pi(y_t) + alpha * sum_{t > l_p} log pi(y_t)`` where ``l_p`` is the shorter
+    completion's length of the pair: the tokens beyond it (the "verbose" part) count ``alpha`` (1: plain DPO).
+
+    Args:
+        rows: ``[N]`` the row of each completion token, row-major (``mask.nonzero()`` order), rows ``[2B]``
+            being the B chosen completions then the B rejected ones.
+        num_tokens: ``[2B]`` completion tokens per row.
+    Returns:
+        ``[N]`` weights, 1 on each pair's shared length and ``alpha`` after it.
+    """
+    chosen, rejected = num_tokens.chunk(2)
+    shared = torch.minimum(chosen, rejected).repeat(2)
+    offsets = torch.cumsum(num_tokens, 0) - num_tokens
+    position = torch.arange(rows.numel(), device=rows.device) - offsets[rows]
+    ones = torch.ones(rows.shape, dtype=torch.float32, device=rows.device)
+    return torch.where(position < shared[rows], ones, ones * alpha)
+
+
+def wpo_pair_weights(
+    token_logps: torch.Tensor, token_log_sum_sq: torch.Tensor, rows: torch.Tensor, num_tokens: torch.Tensor
+) -> torch.Tensor:
+    """WPO (Zhou et al. 2024, arXiv:2406.11827, Eq. 2 with the aligned normalisation, as TRL 1.16) pair weights.
+
+    ``w(x, y) = exp(mean_t [log pi(y_t) - log sum_v pi(v)^2])`` per completion, and the pair's weight is
+    ``w(x, y_w) * w(x, y_l)``, detached. Args: ``token_logps``/``token_log_sum_sq`` ``[N]`` per completion token
+    (``log sum_v pi(v | .)^2`` at its position), ``rows`` ``[N]`` and ``num_tokens`` ``[2B]`` as in
+    `ld_token_weights`. Returns ``[B]``.
+    """
+    aligned = (token_logps - token_log_sum_sq).detach().float()
+    sums = torch.zeros(num_tokens.shape[0], dtype=aligned.dtype, device=aligned.device).index_add(
+        0, rows, aligned
+    )
+    weights = torch.exp(sums / num_tokens.clamp(min=1).to(aligned.dtype))
+    chosen, rejected = weights.chunk(2)
+    return chosen * rejected
+
+
 class DPOLossOutput(NamedTuple):
     """What `dpo_loss` returns.
 
@@ -261,6 +306,7 @@ def dpo_loss(
     rejected_lengths: torch.Tensor | None = None,
     f_divergence_type: str = "reverse_kl",
     f_alpha_divergence_coef: float = 0.5,
+    pair_weights: torch.Tensor | None = None,
 ) -> DPOLossOutput:
     """Per-pair DPO-family losses from sequence log-probabilities.
 
@@ -275,6 +321,7 @@ def dpo_loss(
         f_divergence_type, f_alpha_divergence_coef: f-DPO (`f_divergence_scores`): the losses see ``f'(u)`` in
             place of the log-ratios (only the variants of `F_DIVERGENCE_LOSSES`); the reported rewards stay
             ``beta * log-ratio``.
+        pair_weights: optional `[B]` weights of the per-pair losses (WPO: `wpo_pair_weights`), detached.
 
     Returns:
         `DPOLossOutput`; the trainer reduces `losses` (sum / pairs in the accumulated batch).
@@ -283,21 +330,14 @@ def dpo_loss(
     """
     names = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     weights = _check_dpo_arguments(names, loss_weights, beta, label_smoothing)
+    _check_f_divergence(names, f_divergence_type)
     shapes = {
         t.shape for t in (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     }
     if len(shapes) != 1 or policy_chosen_logps.dim() != 1:
         raise ValueError(f"dpo_loss expects four [B] tensors of the same shape, got shapes {sorted(shapes)}")
-
-    if f_divergence_type != "reverse_kl" and not set(names) <= F_DIVERGENCE_LOSSES:
-        raise ValueError(
-            f"f_divergence_type={f_divergence_type!r} applies to the losses {sorted(F_DIVERGENCE_LOSSES)} only, "
-            f"got {names}"
-        )
-    ref_chosen_logps = ref_chosen_logps.detach().to(policy_chosen_logps.dtype)
-    ref_rejected_logps = ref_rejected_logps.detach().to(policy_rejected_logps.dtype)
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps.detach().to(policy_chosen_logps.dtype)
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps.detach().to(policy_rejected_logps.dtype)
     pair = PairLogRatios(
         chosen_logratios=f_divergence_scores(chosen_logratios, f_divergence_type, f_alpha_divergence_coef),
         rejected_logratios=f_divergence_scores(
@@ -313,6 +353,8 @@ def dpo_loss(
     terms: dict[str, torch.Tensor] = {}
     for name, weight in zip(names, weights):
         term = DPO_LOSSES[name](pair)
+        if pair_weights is not None:
+            term = term * pair_weights.detach().to(term.dtype)
         terms[name] = term.detach().mean()
         losses = losses + weight * term
     return DPOLossOutput(
@@ -321,6 +363,14 @@ def dpo_loss(
         rejected_rewards=(beta * rejected_logratios).detach(),
         terms=terms,
     )
+
+
+def _check_f_divergence(names: list[str], f_divergence_type: str) -> None:
+    if f_divergence_type != "reverse_kl" and not set(names) <= F_DIVERGENCE_LOSSES:
+        raise ValueError(
+            f"f_divergence_type={f_divergence_type!r} applies to the losses {sorted(F_DIVERGENCE_LOSSES)} only, "
+            f"got {names}"
+        )
 
 
 def _check_dpo_arguments(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf_core.losses.dpo import dpo_loss
+from rlhf_core.losses.dpo import dpo_loss, wpo_pair_weights
 from rlhf_core.models.module_state import eval_mode, freeze
 from rlhf_core.trainers.model_setup import is_peft_model, load_model
 from rlhf_core.trainers.padding_free import padding_free_cost_model, plan_layout
@@ -28,6 +28,7 @@ from rlhf_core.trainers.preference.dpo_config import DPOConfig
 from rlhf_core.trainers.preference.logprobs import SequenceLogProbs, completion_logprobs
 from rlhf_core.trainers.preference.model_prep import frozen_copy, reference_adapter_disabled, unwrap_model
 from rlhf_core.trainers.preference.pairwise import PairwiseTrainer
+from rlhf_core.trainers.preference.ref_sync import SyncReferenceCallback, check_reference_sync
 from rlhf_core.trainers.preference.reference import precompute_reference_logps
 
 __all__ = ["DPOTrainer"]
@@ -92,6 +93,9 @@ class DPOTrainer(PairwiseTrainer):
             self._precompute_and_release_reference()
         elif self.ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+        if self.args.sync_ref_model:  # TR-DPO (ref_sync.py)
+            check_reference_sync(self.args, self.ref_model)
+            self.add_callback(SyncReferenceCallback(self.ref_model, self.accelerator))
 
     # ---- reference ------------------------------------------------------------------------------------------
 
@@ -136,7 +140,7 @@ class DPOTrainer(PairwiseTrainer):
             # precompute with ref_model=None: the policy before any update is the reference
             return self._logps(self.model, inputs)
 
-    def _logps(self, model: nn.Module, inputs: dict[str, Any]) -> SequenceLogProbs:
+    def _logps(self, model: nn.Module, inputs: dict[str, Any], *, wpo: bool = False) -> SequenceLogProbs:
         return completion_logprobs(
             model,
             inputs["input_ids"],
@@ -144,6 +148,8 @@ class DPOTrainer(PairwiseTrainer):
             inputs["labels"],
             chunk_size=self.args.logprobs_chunk_size,
             layout=plan_layout(inputs["attention_mask"], self._cost_model(model)),
+            ld_alpha=self.args.ld_alpha,  # LD-DPO: policy and reference alike, as TRL
+            with_log_sum_sq=wpo,
         )
 
     def _cost_model(self, model: nn.Module) -> Any:
@@ -162,7 +168,7 @@ class DPOTrainer(PairwiseTrainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        policy = self._logps(model, inputs)
+        policy = self._logps(model, inputs, wpo=self.args.use_weighting)
         policy_chosen, policy_rejected = policy.logps.chunk(2)
         chosen_tokens, rejected_tokens = policy.num_tokens.chunk(2)
         if "ref_chosen_logps" in inputs:
@@ -187,6 +193,7 @@ class DPOTrainer(PairwiseTrainer):
             rejected_lengths=rejected_tokens.to(policy_chosen.dtype),
             f_divergence_type=self.args.f_divergence_type,
             f_alpha_divergence_coef=self.args.f_alpha_divergence_coef,
+            pair_weights=_wpo_weights(policy) if self.args.use_weighting else None,
         )
         loss = out.losses.sum() / self.loss_divisor(inputs, num_items_in_batch)
         self._record(out, policy_chosen, policy_rejected)
@@ -218,6 +225,10 @@ def _initial_reference(
     if ref_model is None and not peft_reference and not args.precompute_ref_log_probs:
         ref_model = frozen_copy(model)
     return freeze(ref_model)
+
+
+def _wpo_weights(policy: SequenceLogProbs) -> torch.Tensor:
+    return wpo_pair_weights(policy.token_logps, policy.log_sum_sq, policy.rows, policy.num_tokens)
 
 
 def _wraps_peft(model: nn.Module) -> bool:

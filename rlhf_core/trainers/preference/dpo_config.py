@@ -13,7 +13,6 @@ from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["DPOConfig"]
 
-_REF_SYNC = "TR-DPO reference synchronisation is not implemented yet"
 # TRL 1.16 DPOConfig fields accepted at their default only (a non-default value raises NotImplementedError).
 DPO_UNIMPLEMENTED = {
     "trust_remote_code": Unimplemented(
@@ -35,11 +34,6 @@ DPO_UNIMPLEMENTED = {
     "discopop_tau": Unimplemented(
         0.05, f"loss_type='discopop' is not implemented; the DPO losses here are {sorted(DPO_LOSSES)}"
     ),
-    "ld_alpha": Unimplemented(None, "LD-DPO is not implemented yet", "float | None"),
-    "use_weighting": Unimplemented(False, "WPO weighting is not implemented yet"),
-    "sync_ref_model": Unimplemented(False, _REF_SYNC),
-    "ref_model_mixup_alpha": Unimplemented(0.6, _REF_SYNC),
-    "ref_model_sync_steps": Unimplemented(512, _REF_SYNC),
 }
 
 
@@ -62,6 +56,14 @@ class DPOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     f-DPO (arXiv:2309.16240): ``f_divergence_type`` ("reverse_kl" = DPO, "forward_kl", "js_divergence",
     "alpha_divergence" with ``f_alpha_divergence_coef``) replaces the log-ratios of the losses built on the
     chosen-rejected difference by the divergence's ``f'(pi / pi_ref)``.
+
+    LD-DPO (arXiv:2409.06411): ``ld_alpha`` weights the completion tokens past each pair's shared length in the
+    sequence log-probs of policy and reference (1.0 = DPO). WPO (arXiv:2406.11827): ``use_weighting=True`` weights
+    each pair's loss by ``w(y_w) w(y_l)``, ``w = exp(mean log p - log sum p^2)`` (an extra no-grad vocabulary pass).
+
+    TR-DPO (arXiv:2404.09656): ``sync_ref_model=True`` soft-updates the reference model every
+    ``ref_model_sync_steps`` optimizer steps, ``ref <- ref_model_mixup_alpha * policy + (1 - alpha) * ref`` (needs a
+    separate reference model: not with a PEFT policy or ``precompute_ref_log_probs``).
 
     TRL's tokenizer fields (`pad_token`, `pad_to_multiple_of`, ...): see `rlhf_core.trainers.tokenizer_options`.
     TRL fields accepted at their default only: ``DPO_UNIMPLEMENTED``.
@@ -123,6 +125,28 @@ class DPOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     ref_model_init_kwargs: dict | None = field(
         default=None, metadata={"help": "from_pretrained keyword arguments when ref_model is given by name."}
     )
+    ld_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "LD-DPO (arXiv:2409.06411): weight in [0, 1] of the tokens past a pair's shared length."
+        },
+    )
+    use_weighting: bool = field(
+        default=False,
+        metadata={"help": "WPO (arXiv:2406.11827): weight pairs by the policy's own probability."},
+    )
+    sync_ref_model: bool = field(
+        default=False,
+        metadata={
+            "help": "TR-DPO (arXiv:2404.09656): soft-update the reference from the policy during training."
+        },
+    )
+    ref_model_mixup_alpha: float = field(
+        default=0.6, metadata={"help": "TR-DPO alpha: ref <- alpha * policy + (1 - alpha) * ref."}
+    )
+    ref_model_sync_steps: int = field(
+        default=512, metadata={"help": "TR-DPO tau: optimizer steps between reference updates."}
+    )
     f_divergence_type: str = field(
         default="reverse_kl",
         metadata={"help": f"f-DPO divergence (arXiv:2309.16240): one of {sorted(F_DIVERGENCES)}."},
@@ -150,6 +174,8 @@ class DPOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         check_length_policy(self.max_length, self.max_prompt_length, self.overlong)
+        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
+            raise ValueError(f"ld_alpha must be in [0, 1] (or None), got {self.ld_alpha}")
         if self.f_divergence_type not in F_DIVERGENCES:
             raise ValueError(
                 f"f_divergence_type {self.f_divergence_type!r} is unknown; known: {sorted(F_DIVERGENCES)}"

@@ -223,3 +223,31 @@ def test_f_divergence_hand_worked_pair_and_scope():
         run("nca_pair", f_divergence_type="js_divergence")
     with pytest.raises(ValueError, match="unknown f_divergence_type"):
         run("sigmoid", f_divergence_type="chi2")
+
+
+# ---- LD-DPO (arXiv:2409.06411) and WPO (arXiv:2406.11827) -------------------------------------------------
+
+
+def test_ld_token_weights_count_the_verbose_tail_alpha():
+    from rlhf_core.losses.dpo import ld_token_weights
+
+    # B = 2 pairs: chosen lengths [2, 3], rejected [4, 1] -> shared lengths [2, 1]
+    num_tokens = torch.tensor([2, 3, 4, 1])
+    rows = torch.repeat_interleave(torch.arange(4), num_tokens)
+    weights = ld_token_weights(rows, num_tokens, 0.25)
+    assert weights.tolist() == [1, 1, 1, 0.25, 0.25, 1, 1, 0.25, 0.25, 1]
+    assert ld_token_weights(rows, num_tokens, 1.0).tolist() == [1.0] * 10
+
+
+def test_wpo_pair_weights_hand_worked():
+    from rlhf_core.losses.dpo import wpo_pair_weights
+
+    # one pair: chosen tokens (logp, log sum p^2) = (-1, -0.5), (-2, -1); rejected (-3, -2)
+    token_logps = torch.tensor([-1.0, -2.0, -3.0])
+    log_sum_sq = torch.tensor([-0.5, -1.0, -2.0])
+    rows, num_tokens = torch.tensor([0, 0, 1]), torch.tensor([2, 1])
+    # w_chosen = exp(((-1 + 0.5) + (-2 + 1)) / 2) = exp(-0.75); w_rejected = exp(-1)
+    expected = math.exp(-0.75) * math.exp(-1.0)
+    assert wpo_pair_weights(token_logps, log_sum_sq, rows, num_tokens).tolist() == pytest.approx([expected])
+    out = run("sigmoid", pair_weights=torch.tensor([0.5, 2.0], dtype=torch.float64))
+    assert out.losses.tolist() == pytest.approx([-0.5 * logsig(Z[0]), -2.0 * logsig(Z[1])])

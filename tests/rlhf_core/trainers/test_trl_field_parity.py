@@ -94,6 +94,11 @@ IMPLEMENTED = {
         "pad_to_multiple_of": 8,
         "f_divergence_type": "alpha_divergence",
         "f_alpha_divergence_coef": 0.3,
+        "ld_alpha": 0.5,
+        "use_weighting": True,
+        "sync_ref_model": True,
+        "ref_model_mixup_alpha": 0.5,
+        "ref_model_sync_steps": 4,
     },
     RewardConfig: {
         "pad_token": "<|pad|>",
