@@ -9,7 +9,7 @@ import torch
 from family_cases import QUIET, string_pairs
 from peft import LoraConfig
 
-from rlhf_core import DPOConfig, DPOTrainer, PPOConfig, PPOTrainer
+from rlhf_core import DPOConfig, DPOTrainer, PPOConfig, PPOTrainer, SFTConfig, SFTTrainer
 from rlhf_core.models.families import family_model_path
 from rlhf_core.models.loading import load_causal_lm, load_tokenizer
 from rlhf_core.rollout.generation import generate
@@ -73,3 +73,59 @@ def test_dpo_logprobs_use_the_effective_head(peft, tmp_path):
         keep = labels != -100
         plain = (logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0] * keep).sum(-1)
     torch.testing.assert_close(got, plain, atol=1e-4, rtol=1e-4)
+
+
+def _plain_summed_nll(model, batch) -> torch.Tensor:
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}  # padded or packed
+    logits = model(**inputs).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    return -(logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0] * keep).sum()
+
+
+@pytest.mark.parametrize("peft", sorted(PEFT_CONFIGS))
+def test_sft_loss_uses_the_effective_head(peft, tmp_path):
+    path = family_model_path("llama")
+    data = string_pairs(2).rename_column("chosen", "completion").remove_columns("rejected")
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_length=64, **QUIET)
+    torch.manual_seed(0)
+    trainer = SFTTrainer(model=load_causal_lm(path), args=args, train_dataset=data,
+                         processing_class=load_tokenizer(path), peft_config=PEFT_CONFIGS[peft]())  # fmt: skip
+    _perturb_saved_head(trainer.model)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    model = trainer.model.eval()
+    with torch.no_grad():
+        _, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
+        plain = _plain_summed_nll(model, batch)
+    torch.testing.assert_close(out["summed_nll"], plain, atol=1e-4, rtol=1e-4)
+
+
+def test_reward_scores_use_the_adapted_score_head(tmp_path):
+    """LoRA on every linear layer and ``modules_to_save=["score"]`` (PEFT's SEQ_CLS default): the trainer's rewards
+    are the PEFT model's own outputs."""
+    from rlhf_core import RewardConfig, RewardTrainer
+    from rlhf_core.models.loading import load_sequence_classifier
+
+    path = family_model_path("gpt2")
+    torch.manual_seed(0)
+    peft = LoraConfig(r=4, target_modules=["c_attn", "c_proj", "c_fc"], init_lora_weights=False, task_type="SEQ_CLS")
+    args = RewardConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_length=64, **QUIET)
+    trainer = RewardTrainer(model=load_sequence_classifier(path, num_labels=1), args=args,
+                            train_dataset=string_pairs(2), processing_class=load_tokenizer(path), peft_config=peft)  # fmt: skip
+    _perturb_score_copy(trainer.model)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    model = trainer.model.eval()
+    with torch.no_grad():
+        got = torch.cat(trainer.pair_rewards(model, batch))
+        rows = [ids[mask.bool()] for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        plain = torch.stack([model(input_ids=r[None]).logits[0, 0] for r in rows])
+    torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-4)
+
+
+def _perturb_score_copy(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        copies = getattr(module, "modules_to_save", None)
+        if isinstance(copies, torch.nn.ModuleDict):
+            with torch.no_grad():
+                for copy in copies.values():
+                    copy.weight.add_(torch.randn_like(copy.weight))
