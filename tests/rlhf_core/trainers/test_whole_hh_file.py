@@ -107,3 +107,51 @@ def test_ppo_takes_the_prompts_of_the_whole_file(raw_pairs, tokenizer, tmp_path)
         tokenizer.decode(prompts[EMPTY_ANSWER_ROWS[0]]["input_ids"])
         == explicit[EMPTY_ANSWER_ROWS[0]]["prompt"]
     )
+
+
+@pytest.mark.parametrize("name", ["GRPOTrainer", "RLOOTrainer"])
+def test_online_trainers_take_the_prompts_of_the_whole_file(name, tokenizer, tmp_path):
+    import rlhf_core
+
+    trainer_class, config_class = (
+        getattr(rlhf_core, name),
+        getattr(rlhf_core, name.replace("Trainer", "Config")),
+    )
+    explicit = load_hh_rlhf(explicit_prompt=True, skip_invalid=False)  # prompt + the answers as extra columns
+    trainer = trainer_class(model=load_causal_lm("rlhf-tiny"), reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                            args=config_class(output_dir=str(tmp_path)), train_dataset=explicit,
+                            processing_class=tokenizer)  # fmt: skip
+    assert len(trainer.train_dataset) == ROWS
+
+
+def test_kto_takes_the_whole_file_as_unpaired_rows(raw_pairs, tokenizer, tmp_path):
+    from rlhf_core import KTOConfig, KTOTrainer
+
+    trainer = KTOTrainer(model=load_causal_lm("rlhf-tiny"), args=KTOConfig(output_dir=str(tmp_path)),
+                         train_dataset=raw_pairs, processing_class=tokenizer)  # fmt: skip
+    assert len(trainer.train_dataset) == 2 * ROWS  # each pair: a desirable and an undesirable row
+
+
+def test_trl_reward_example_on_the_whole_file(raw_pairs, tmp_path):
+    """TRL's reward-model example with only the import changed (and a tiny model, few steps) on all 2,312 pairs."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_core.models.tiny import tiny_model_path
+
+    model_name, dataset = str(tiny_model_path()), raw_pairs
+    # ---- the reference document's example; only the import changed (max_steps: a few steps in CI) ----
+    from rlhf_core import RewardConfig, RewardTrainer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    config = RewardConfig(learning_rate=1e-5, num_train_epochs=1, per_device_train_batch_size=4, max_steps=3)
+    trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, tokenizer=tokenizer)
+    trainer.train()
+    trainer.save_model("path/to/reward_model")
+    # ---------------------------------------------------------------------------------------------------
+    assert trainer.state.global_step == 3 and len(trainer.train_dataset) == ROWS
+    rewards = torch.as_tensor(trainer.predict(dataset.select(EMPTY_ANSWER_ROWS)).predictions)
+    assert rewards.shape == (4, 2) and torch.isfinite(rewards).all()  # the empty answers are scored like any
+    reloaded = AutoModelForSequenceClassification.from_pretrained("path/to/reward_model")
+    assert reloaded.config.num_labels == 1
