@@ -109,6 +109,11 @@ def run_stage_training(
     )  # one name for every rank: save_model runs on all of them
     if args.process_index == 0:
         shutil.rmtree(staging, ignore_errors=True)  # a crashed run's half-saved model
+    from transformers import set_seed
+
+    # Weights the trainer creates while building (a reward model's score head, PPO's value head) come from the
+    # seed, not from whatever the process's generator last did: 1 process, N processes and Ray workers agree.
+    set_seed(args.seed)
     trainer = build_trainer(spec, args)
     _log_synchronously(trainer)
     for callback in callbacks:
