@@ -46,6 +46,7 @@ from rlhf_core.data.formats import (
     normalise_prompt_row,
     normalise_sft_row,
 )
+from rlhf_core.models.pad_token import resolve_pad_token_id  # noqa: F401 - the one pad-token policy, re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +109,6 @@ def special_tokens(tokenizer: Any) -> SpecialTokens:
         )
     end = (eos,) if eos is not None else suffix
     return SpecialTokens(prefix=prefix, end=end, eos_id=eos, bos_id=tokenizer.bos_token_id)
-
-
-def resolve_pad_token_id(tokenizer: Any) -> int:
-    """The pad id for collators: the tokenizer's pad token, else its eos (logged), else a clear error.
-
-    Using eos as pad is safe here because collators pad by length and never infer padding from token ids.
-    """
-    if tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    if tokenizer.eos_token_id is not None:
-        logger.warning("tokenizer has no pad token: padding with eos (id %d)", tokenizer.eos_token_id)
-        return int(tokenizer.eos_token_id)
-    raise ValueError("the tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token first")
 
 
 # ---------------------------------------------------------------------------------------------- string paths

@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rlhf_core.models.pad_token import ensure_pad_token
 from rlhf_core.models.tiny import TINY_MODEL, tiny_model_path
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
-def _from_pretrained(loader: Callable[..., T], name_or_path: str | os.PathLike[str], what: str, **kwargs: Any) -> T:
+def _from_pretrained(
+    loader: Callable[..., T], name_or_path: str | os.PathLike[str], what: str, **kwargs: Any
+) -> T:
     """``loader(resolved, **kwargs)``, turning "not found" errors into one that names the model and the cause."""
     path = resolve_model_path(name_or_path)
     try:
@@ -72,16 +75,9 @@ def _from_pretrained(loader: Callable[..., T], name_or_path: str | os.PathLike[s
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str], **kwargs: Any) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained`` with a pad token guaranteed (the eos token when the tokenizer has none)."""
+    """``AutoTokenizer.from_pretrained`` with a pad token by the one policy (``rlhf_core.models.pad_token``)."""
     tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, "tokenizer", **kwargs)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(
-                f"tokenizer {os.fspath(name_or_path)!r} has neither a pad token nor an eos token; set "
-                "tokenizer.pad_token (and resize the model's embeddings if you add a new token)"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-        logger.info("tokenizer %s has no pad token: using its eos token %r", name_or_path, tokenizer.eos_token)
+    ensure_pad_token(tokenizer)
     return tokenizer
 
 
@@ -91,10 +87,14 @@ def load_causal_lm(
     """A causal LM from a name or path (``AutoModelForCausalLM.from_pretrained``); a model object passes through."""
     if isinstance(model_or_name_or_path, torch.nn.Module):
         if from_pretrained_kwargs:
-            logger.warning("model given as an object: ignoring from_pretrained arguments %s", sorted(from_pretrained_kwargs))
+            logger.warning(
+                "model given as an object: ignoring from_pretrained arguments %s",
+                sorted(from_pretrained_kwargs),
+            )
         return model_or_name_or_path
-    return _from_pretrained(AutoModelForCausalLM.from_pretrained, model_or_name_or_path, "causal LM",
-                            **from_pretrained_kwargs)
+    return _from_pretrained(
+        AutoModelForCausalLM.from_pretrained, model_or_name_or_path, "causal LM", **from_pretrained_kwargs
+    )
 
 
 def load_sequence_classifier(
@@ -107,8 +107,13 @@ def load_sequence_classifier(
     """
     if isinstance(name_or_path, torch.nn.Module):
         return name_or_path
-    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name_or_path, "sequence classifier",
-                             num_labels=num_labels, **kwargs)
+    model = _from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained,
+        name_or_path,
+        "sequence classifier",
+        num_labels=num_labels,
+        **kwargs,
+    )
     if model.config.pad_token_id is None:
         tokenizer = load_tokenizer(name_or_path)
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -27,7 +27,6 @@ __all__ = [
     "ValueHead",
     "backbone",
     "hidden_size_of",
-    "lm_head_of",
     "save_value_head",
 ]
 
@@ -50,16 +49,6 @@ def backbone(model: nn.Module) -> nn.Module:
             f"`base_model_prefix` ({prefix!r}) names a sub-module"
         )
     return body
-
-
-def lm_head_of(model: nn.Module) -> nn.Module:
-    """The vocabulary projection (``get_output_embeddings``) of a causal LM, PEFT and value-head wrappers included."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None or not hasattr(head, "weight"):
-        raise TypeError(
-            f"{type(model).__name__} has no output embeddings (lm head) to compute log-probs from"
-        )
-    return head
 
 
 def hidden_size_of(config: Any) -> int:

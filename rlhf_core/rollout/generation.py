@@ -16,7 +16,8 @@ from functools import cache
 import torch
 from torch import nn
 
-from rlhf_core.models.value_head import backbone, lm_head_of
+from rlhf_core.models.lm_head import is_plain_linear, lm_head_of
+from rlhf_core.models.value_head import backbone
 from rlhf_core.rollout.sampling import SamplingParams, sample_next_token
 
 __all__ = ["GenerationOutput", "generate", "position_ids_from_mask", "truncate_after_stop"]
@@ -82,7 +83,7 @@ def project(hidden: torch.Tensor, head: nn.Module) -> torch.Tensor:
     its storage order that way, 1.6-1.9x faster than ``hidden @ W.T`` for the vocabulary projection (measured
     at V=30522, H=256, 8-256 rows), and decoding is bound by exactly this product.
     """
-    if hidden.device.type != "cpu" or type(head) is not nn.Linear:
+    if hidden.device.type != "cpu" or not is_plain_linear(head):
         return head(hidden)
     logits = torch.mm(head.weight, hidden.t()).t().contiguous()
     return logits + head.bias if head.bias is not None else logits

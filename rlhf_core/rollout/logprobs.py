@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rlhf_core.data.collators import IGNORE_INDEX
 from rlhf_core.kernels import fused_linear_logprobs
-from rlhf_core.models.value_head import backbone, lm_head_of
+from rlhf_core.models.lm_head import lm_head_of
+from rlhf_core.models.value_head import backbone
 from rlhf_core.rollout.generation import position_ids_from_mask
 
 __all__ = ["ResponseBatch", "lm_head_of", "response_hidden_states", "response_logprobs", "token_logprobs"]
-
-IGNORE_INDEX = -100
 
 
 @dataclass

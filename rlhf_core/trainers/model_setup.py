@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -123,3 +124,12 @@ def apply_peft(
         # With frozen embeddings no input needs grad, so checkpointed blocks would get no gradient at all.
         model.enable_input_require_grads()
     return get_peft_model(model, peft_config)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The `PreTrainedModel` inside DDP / accelerate / PEFT wrappers (PEFT's LoRA layers stay in place)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):  # peft.PeftModel
+        model = model.get_base_model()
+    return model

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf_core.trainers.preference.model_prep import unwrap_model
+from rlhf_core.models.module_state import eval_mode
+from rlhf_core.trainers.model_setup import unwrap_model
 from rlhf_core.trainers.sft.padding_free import BatchCostModel
 
 __all__ = ["RowLayout", "padding_free_cost_model", "plan_layout", "supports_padding_free"]
@@ -119,21 +120,16 @@ def supports_padding_free(model: nn.Module) -> bool:
     ids = torch.tensor([[3, 4, 5], [6, 7, 0]], device=_device_of(inner))
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], device=ids.device)
     padded_layout = RowLayout(merged=False)
-    merged_layout = plan_layout(mask, _AlwaysMerge())
-    was_training = inner.training
-    inner.eval()
+    merged_layout = RowLayout(merged=True, bins=(0, 0), offsets=(0, 3), width=5)  # both rows in one model row
     try:
-        padded = _first_output(inner(**padded_layout.model_inputs(ids, mask), use_cache=False))
-        merged = _first_output(inner(**merged_layout.model_inputs(ids, mask), use_cache=False))
+        with eval_mode(inner):
+            padded = _first_output(inner(**padded_layout.model_inputs(ids, mask), use_cache=False))
+            merged = _first_output(inner(**merged_layout.model_inputs(ids, mask), use_cache=False))
     except (TypeError, ValueError, RuntimeError):
         return False
-    finally:
-        inner.train(was_training)
     if padded.dim() != 3 or merged.dim() != 3:  # already pooled (e.g. a classifier's [R, 1]): cannot compare
         return _probe_hidden_states(inner, ids, mask, padded_layout, merged_layout)
-    rows, cols = mask.bool().nonzero(as_tuple=True)
-    a, b = padded_layout.gather(padded, rows, cols), merged_layout.gather(merged, rows, cols)
-    return bool(torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3))
+    return _same_outputs(padded, merged, mask, padded_layout, merged_layout)
 
 
 def _probe_hidden_states(inner: nn.Module, ids, mask, padded_layout, merged_layout) -> bool:
@@ -142,17 +138,13 @@ def _probe_hidden_states(inner: nn.Module, ids, mask, padded_layout, merged_layo
         return False
     padded = _first_output(base(**padded_layout.model_inputs(ids, mask)))
     merged = _first_output(base(**merged_layout.model_inputs(ids, mask)))
+    return _same_outputs(padded, merged, mask, padded_layout, merged_layout)
+
+
+def _same_outputs(padded, merged, mask, padded_layout: RowLayout, merged_layout: RowLayout) -> bool:
     rows, cols = mask.bool().nonzero(as_tuple=True)
     a, b = padded_layout.gather(padded, rows, cols), merged_layout.gather(merged, rows, cols)
     return bool(torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3))
-
-
-class _AlwaysMerge(BatchCostModel):
-    def __init__(self) -> None:
-        super().__init__(dense_per_token=1.0, attention_per_pair=0.0)
-
-    def should_merge(self, lengths: Any) -> bool:
-        return True
 
 
 def _first_output(output: Any) -> torch.Tensor:

@@ -42,6 +42,7 @@ from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from rlhf_core.data.collators import PromptCollator
 from rlhf_core.data.tokenization import tokenize_prompts
 from rlhf_core.models.module_state import disable_dropout, freeze
+from rlhf_core.models.pad_token import ensure_pad_token
 from rlhf_core.models.reference import create_reference_model
 from rlhf_core.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_core.rollout.scoring import RewardFn
@@ -379,6 +380,5 @@ def _resolve_tokenizer(model: Any, processing_class: Any, tokenizer: Any) -> Any
     processing_class = resolve_processing_class_alias(processing_class, tokenizer)
     if processing_class is None:
         processing_class = load_processing_class(model)
-    if processing_class.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos token)")
+    ensure_pad_token(processing_class)
     return processing_class

@@ -22,14 +22,14 @@ from torch import nn
 
 from rlhf_core.losses.dpo import dpo_loss, wpo_pair_weights
 from rlhf_core.models.module_state import eval_mode, freeze
-from rlhf_core.trainers.model_setup import is_peft_model, load_model
+from rlhf_core.models.reference import create_reference_model as frozen_copy
+from rlhf_core.trainers.model_setup import is_peft_model, load_model, unwrap_model
 from rlhf_core.trainers.padding_free import padding_free_cost_model, plan_layout
 from rlhf_core.trainers.preference.dpo_config import DPOConfig
 from rlhf_core.trainers.preference.logprobs import SequenceLogProbs, completion_logprobs
-from rlhf_core.trainers.preference.model_prep import frozen_copy, reference_adapter_disabled, unwrap_model
 from rlhf_core.trainers.preference.pairwise import PairwiseTrainer
 from rlhf_core.trainers.preference.ref_sync import SyncReferenceCallback, check_reference_sync
-from rlhf_core.trainers.preference.reference import precompute_reference_logps
+from rlhf_core.trainers.preference.reference import precompute_reference_logps, reference_adapter_disabled
 
 __all__ = ["DPOTrainer"]
 

@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 
 from rlhf_core.data.collators import IGNORE_INDEX
 from rlhf_core.losses.kto import kto_loss, kto_reference_point
+from rlhf_core.models.module_state import disable_dropout
+from rlhf_core.models.pad_token import ensure_pad_token
 from rlhf_core.trainers.base import TokenNormalisedTrainer
 from rlhf_core.trainers.batch_tracking import ROW_IDS_KEY
 from rlhf_core.trainers.model_setup import (
@@ -36,6 +38,7 @@ from rlhf_core.trainers.model_setup import (
     load_model,
     load_processing_class,
     resolve_processing_class_alias,
+    unwrap_model,
 )
 from rlhf_core.trainers.padding_free import padding_free_cost_model, plan_layout
 from rlhf_core.trainers.preference.dpo import _initial_reference, _wraps_peft
@@ -47,12 +50,7 @@ from rlhf_core.trainers.preference.kto_data import (
     warn_on_class_imbalance,
 )
 from rlhf_core.trainers.preference.logprobs import completion_logprobs
-from rlhf_core.trainers.preference.model_prep import (
-    disable_dropout,
-    ensure_pad_token,
-    reference_adapter_disabled,
-    unwrap_model,
-)
+from rlhf_core.trainers.preference.reference import reference_adapter_disabled
 
 __all__ = ["KTOTrainer"]
 

@@ -16,14 +16,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from rlhf_core.data.collators import IGNORE_INDEX
 from rlhf_core.kernels import fused_linear_logprobs
 from rlhf_core.losses.dpo import ld_token_weights
+from rlhf_core.models.lm_head import fusable_lm_head
+from rlhf_core.trainers.model_setup import unwrap_model
 from rlhf_core.trainers.padding_free import RowLayout
-from rlhf_core.trainers.preference.model_prep import unwrap_model
 
 __all__ = ["SequenceLogProbs", "completion_logprobs", "last_hidden_state"]
-
-IGNORE_INDEX = -100
 
 
 class SequenceLogProbs(NamedTuple):
@@ -68,8 +68,8 @@ def completion_logprobs(
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX
     rows, cols = keep.nonzero(as_tuple=True)  # row-major: the order of target[keep]
-    head = unwrap_model(model).get_output_embeddings()
-    if type(head) is nn.Linear:
+    head = fusable_lm_head(unwrap_model(model))
+    if head is not None:
         layout = layout or RowLayout(merged=False)
         hidden = last_hidden_state(model, layout.model_inputs(input_ids, attention_mask))
         states = layout.gather(hidden, rows, cols)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rlhf_core.models.module_state import disable_dropout
+from rlhf_core.models.pad_token import ensure_pad_token
 from rlhf_core.trainers.base import TokenNormalisedTrainer
 from rlhf_core.trainers.batch_tracking import ROW_IDS_KEY
 from rlhf_core.trainers.model_setup import load_model, load_processing_class, resolve_processing_class_alias
@@ -26,7 +27,6 @@ from rlhf_core.trainers.preference.data import (
     length_policy,
     prepare_preference_dataset,
 )
-from rlhf_core.trainers.preference.model_prep import ensure_pad_token
 from rlhf_core.trainers.tokenizer_options import apply_tokenizer_options
 
 __all__ = ["PairwiseTrainer"]

@@ -1,4 +1,6 @@
-"""Reference log-probs computed once, before DPO training, and stored as dataset columns.
+"""The reference of the preference trainers: a PEFT policy with its adapters off, or log-probs computed once.
+
+Reference log-probs computed once, before DPO training, are stored as dataset columns.
 
 With the reference log-probs in the dataset no reference model has to stay in memory while training (the memory
 of a second model, trl#2423): the pass runs under `torch.no_grad` in eval batches, with a progress bar.
@@ -6,17 +8,20 @@ of a second model, trl#2423): the pass runs under `torch.no_grad` in eval batche
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from rlhf_core.trainers.model_setup import is_peft_model
 from rlhf_core.trainers.preference.data import PAIR_COLUMNS, REFERENCE_COLUMNS
 from rlhf_core.trainers.preference.logprobs import SequenceLogProbs
 
-__all__ = ["precompute_reference_logps"]
+__all__ = ["precompute_reference_logps", "reference_adapter_disabled"]
 
 
 def precompute_reference_logps(
@@ -55,3 +60,15 @@ def precompute_reference_logps(
         rejected.extend(batch_rejected.tolist())
     dataset = dataset.add_column(REFERENCE_COLUMNS[0], chosen)
     return dataset.add_column(REFERENCE_COLUMNS[1], rejected)
+
+
+@contextlib.contextmanager
+def reference_adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, `model` (a PEFT model, possibly wrapped) runs as its base model without adapters."""
+    peft_model = model
+    while not is_peft_model(peft_model) and isinstance(getattr(peft_model, "module", None), nn.Module):
+        peft_model = peft_model.module
+    if not is_peft_model(peft_model):
+        raise TypeError(f"{type(model).__name__} carries no PEFT adapter to disable")
+    with peft_model.disable_adapter():
+        yield model

@@ -20,9 +20,8 @@ from torch import nn
 
 from rlhf_core.losses.reward import reward_loss
 from rlhf_core.models.reward_pooling import pad_token_id_of, right_padded, score_positions
-from rlhf_core.trainers.model_setup import load_model
+from rlhf_core.trainers.model_setup import load_model, unwrap_model
 from rlhf_core.trainers.padding_free import padding_free_cost_model, plan_layout
-from rlhf_core.trainers.preference.model_prep import unwrap_model
 from rlhf_core.trainers.preference.pairwise import PairwiseTrainer
 from rlhf_core.trainers.preference.reward_config import RewardConfig
 

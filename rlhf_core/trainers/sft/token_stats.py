@@ -56,15 +56,6 @@ def supports_logits_to_keep(model: torch.nn.Module) -> bool:
         return False
 
 
-def fusable_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The LM head as a plain ``nn.Linear`` (its weight is what the logits use), or None when it is wrapped."""
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    if type(head) is torch.nn.Linear:
-        return head
-    return None
-
-
 def _forward(model: torch.nn.Module, inputs: dict[str, Any], **kwargs: Any) -> Any:
     return model(**inputs, use_cache=False, **kwargs)
 

@@ -21,6 +21,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
 from rlhf_core.losses.sft import sft_loss
+from rlhf_core.models.lm_head import fusable_lm_head
 from rlhf_core.trainers.base import TokenNormalisedTrainer
 from rlhf_core.trainers.batch_tracking import ROW_ID_COLUMN
 from rlhf_core.trainers.model_setup import (
@@ -33,7 +34,6 @@ from rlhf_core.trainers.sft.config import SFTConfig
 from rlhf_core.trainers.sft.data import NUM_TOKENS_KEY, TokenCountingCollator, prepare_sft_dataset
 from rlhf_core.trainers.sft.padding_free import BatchCostModel, PaddingFreeCollator, reads_packed_position_ids
 from rlhf_core.trainers.sft.token_stats import (
-    fusable_head,
     fused_token_stats,
     plain_token_stats,
     supports_logits_to_keep,
@@ -196,7 +196,7 @@ class SFTTrainer(TokenNormalisedTrainer):
         if not self.args.use_fused_loss:
             return False
         unwrapped = self.accelerator.unwrap_model(self.model)
-        if fusable_head(unwrapped) is None or not supports_logits_to_keep(unwrapped):
+        if fusable_lm_head(unwrapped) is None or not supports_logits_to_keep(unwrapped):
             logger.warning(
                 "use_fused_loss=True but the model's LM head is not a plain nn.Linear or its forward takes no "
                 "logits_to_keep (e.g. LoRA on lm_head): computing the loss from full logits instead."
@@ -237,7 +237,7 @@ class SFTTrainer(TokenNormalisedTrainer):
         )  # DFT weights each token: it needs the log-probs
         measure = self._measure_stats(mode) or dft
         if self._fused_ok:
-            head = fusable_head(self.accelerator.unwrap_model(model))
+            head = fusable_lm_head(self.accelerator.unwrap_model(model))
             stats = fused_token_stats(
                 model, head, forward_inputs, shift_labels, loss_mask,
                 chunk_size=self.args.fused_chunk_size, measure_stats=measure,
