@@ -5,8 +5,7 @@ Names are imported lazily so that ``import rlhf_core.data`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rlhf_core.lazy_exports import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "DataFormat": "rlhf_core.data.formats",
@@ -36,15 +35,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'rlhf_core.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

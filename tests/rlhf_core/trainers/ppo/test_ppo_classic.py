@@ -14,15 +14,6 @@ METRICS = ["objective/kl", "objective/entropy", "objective/scores", "objective/r
            "policy/clipfrac", "loss/policy", "loss/value", "val/clipfrac", "val/mean", "lr", "episode"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core box: a second OpenMP thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_classic_api_as_written(tmp_path):
     torch.manual_seed(0)
     model_name = str(tiny_model_path())

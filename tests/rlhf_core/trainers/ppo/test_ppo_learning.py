@@ -13,14 +13,6 @@ from rlhf_core.rollout.generation import generate
 from rlhf_core.rollout.sampling import SamplingParams
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def sft_folder(tmp_path_factory):
     """rlhf-tiny after 150 SFT steps on the task's answers: it has the format, not the preferred items."""
@@ -28,8 +20,6 @@ def sft_folder(tmp_path_factory):
     from rlhf_core.trainers.sft.trainer import SFTTrainer
 
     folder = tmp_path_factory.mktemp("ppo-learning") / "sft"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     sft = SFTTrainer(
         model="rlhf-tiny",
@@ -49,7 +39,6 @@ def sft_folder(tmp_path_factory):
     )
     sft.train()
     sft.save_model(str(folder))
-    torch.set_num_threads(threads)
     return folder
 
 

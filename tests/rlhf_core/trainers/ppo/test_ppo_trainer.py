@@ -20,14 +20,6 @@ ISSUE_METRICS = ["objective/kl", "objective/entropy", "objective/scores", "objec
                  "policy/clipfrac", "loss/policy", "loss/value", "val/clipfrac", "val/mean", "lr", "episode"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder(TrainerCallback):
     def __init__(self):
         self.logs = []

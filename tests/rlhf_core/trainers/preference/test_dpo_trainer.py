@@ -25,15 +25,6 @@ from rlhf_core.trainers.sft.padding_free import BatchCostModel
 BETA = 0.1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models are bound by per-op overhead: a second thread only adds contention on a shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer("rlhf-tiny")

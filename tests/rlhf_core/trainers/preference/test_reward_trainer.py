@@ -80,16 +80,6 @@ def quick_config(**overrides) -> RewardConfig:
     return RewardConfig(**settings)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models are bound by per-op overhead: a second thread only adds contention on a shared CPU (it made
-    # these tests 10x slower under load).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
     return load_tokenizer("rlhf-tiny")

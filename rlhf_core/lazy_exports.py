@@ -1,0 +1,37 @@
+"""Lazy public names for the package ``__init__`` files: each is imported from its module on first access.
+
+So ``import rlhf_core`` (or one sub-package) stays cheap, importing one trainer never imports (or breaks on)
+another, and nothing pulls in prefect or mlflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["lazy_exports"]
+
+
+def lazy_exports(
+    package: str, exports: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The module-level ``(__getattr__, __dir__)`` of ``package``, for ``exports`` = {public name: module}.
+
+    Use in an ``__init__.py``: ``__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)``. A resolved name is
+    cached in the package's namespace, so the import runs once.
+    """
+
+    def __getattr__(name: str) -> Any:
+        module_name = exports.get(name)
+        if module_name is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module_name), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__
