@@ -15,13 +15,15 @@ __all__ = ["lazy_exports"]
 
 
 def lazy_exports(
-    package: str, exports: dict[str, str]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """The module-level ``(__getattr__, __dir__)`` of ``package``, for ``exports`` = {public name: module}.
+    package: str, modules: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``(__getattr__, __dir__, __all__)`` of ``package``; ``modules`` maps a module to its space-separated names.
 
-    Use in an ``__init__.py``: ``__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)``. A resolved name is
-    cached in the package's namespace, so the import runs once.
+    Use in an ``__init__.py``: ``__getattr__, __dir__, __all__ = lazy_exports(__name__, {"pkg.mod": "A b"})``.
+    A resolved name is cached in the package's namespace, so its import runs once. A module may be a package
+    that exports the name lazily itself.
     """
+    exports = {name: module for module, names in modules.items() for name in names.split()}
 
     def __getattr__(name: str) -> Any:
         module_name = exports.get(name)
@@ -34,4 +36,4 @@ def lazy_exports(
     def __dir__() -> list[str]:
         return sorted(set(vars(sys.modules[package])) | set(exports))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(exports)

@@ -7,32 +7,22 @@ from __future__ import annotations
 
 from rlhf_core.lazy_exports import lazy_exports
 
-_EXPORTS: dict[str, str] = {
-    "DataFormat": "rlhf_core.data.formats",
-    "DataFormatError": "rlhf_core.data.formats",
-    "detect_format": "rlhf_core.data.formats",
-    "extract_prompt": "rlhf_core.data.formats",
-    "is_conversational": "rlhf_core.data.formats",
-    "normalise_preference_row": "rlhf_core.data.formats",
-    "normalise_sft_row": "rlhf_core.data.formats",
-    "normalise_prompt_row": "rlhf_core.data.formats",
-    "OverlongReport": "rlhf_core.data.tokenization",
-    "resolve_pad_token_id": "rlhf_core.data.tokenization",
-    "tokenize_sft": "rlhf_core.data.tokenization",
-    "tokenize_preference": "rlhf_core.data.tokenization",
-    "tokenize_prompts": "rlhf_core.data.tokenization",
-    "IGNORE_INDEX": "rlhf_core.data.collators",
-    "SFTCollator": "rlhf_core.data.collators",
-    "PreferenceCollator": "rlhf_core.data.collators",
-    "PromptCollator": "rlhf_core.data.collators",
-    "pad_sequences": "rlhf_core.data.collators",
-    "block_diagonal_causal_mask": "rlhf_core.data.collators",
-    "pack_dataset": "rlhf_core.data.packing",
-    "load_hh_rlhf": "rlhf_core.data.hh_rlhf",
-    "SyntheticTask": "rlhf_core.data.synthetic",
-    "judge_responses": "rlhf_core.data.synthetic",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "rlhf_core.data.formats": (
+            "DataFormat DataFormatError detect_format extract_prompt is_conversational "
+            "normalise_preference_row normalise_sft_row normalise_prompt_row"
+        ),
+        "rlhf_core.data.tokenization": (
+            "OverlongReport resolve_pad_token_id tokenize_sft tokenize_preference tokenize_prompts"
+        ),
+        "rlhf_core.data.collators": (
+            "IGNORE_INDEX SFTCollator PreferenceCollator PromptCollator pad_sequences "
+            "block_diagonal_causal_mask"
+        ),
+        "rlhf_core.data.packing": "pack_dataset",
+        "rlhf_core.data.hh_rlhf": "load_hh_rlhf",
+        "rlhf_core.data.synthetic": "SyntheticTask judge_responses",
+    },
+)

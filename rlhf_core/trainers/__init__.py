@@ -7,26 +7,23 @@ from __future__ import annotations
 
 from rlhf_core.lazy_exports import lazy_exports
 
-_EXPORTS: dict[str, str] = {
-    "ConfigDefaultsMixin": "rlhf_core.trainers.config_defaults",
-    "NonFiniteLossError": "rlhf_core.trainers.base",
-    "TokenNormalisedTrainer": "rlhf_core.trainers.base",
-    "SFTConfig": "rlhf_core.trainers.sft.config",
-    "SFTTrainer": "rlhf_core.trainers.sft.trainer",
-    "RewardConfig": "rlhf_core.trainers.preference.reward_config",
-    "RewardTrainer": "rlhf_core.trainers.preference.reward",
-    "DPOConfig": "rlhf_core.trainers.preference.dpo_config",
-    "DPOTrainer": "rlhf_core.trainers.preference.dpo",
-    "KTOConfig": "rlhf_core.trainers.preference.kto_config",
-    "KTOTrainer": "rlhf_core.trainers.preference.kto",
-    "PPOConfig": "rlhf_core.trainers.ppo.config",
-    "PPOTrainer": "rlhf_core.trainers.ppo.trainer",
-    "GRPOConfig": "rlhf_core.trainers.online.config",
-    "GRPOTrainer": "rlhf_core.trainers.online.grpo",
-    "RLOOConfig": "rlhf_core.trainers.online.config",
-    "RLOOTrainer": "rlhf_core.trainers.online.rloo",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "rlhf_core.trainers.config_defaults": "ConfigDefaultsMixin",
+        "rlhf_core.trainers.base": "NonFiniteLossError TokenNormalisedTrainer",
+        "rlhf_core.trainers.sft.config": "SFTConfig",
+        "rlhf_core.trainers.sft.trainer": "SFTTrainer",
+        "rlhf_core.trainers.preference.reward_config": "RewardConfig",
+        "rlhf_core.trainers.preference.reward": "RewardTrainer",
+        "rlhf_core.trainers.preference.dpo_config": "DPOConfig",
+        "rlhf_core.trainers.preference.dpo": "DPOTrainer",
+        "rlhf_core.trainers.preference.kto_config": "KTOConfig",
+        "rlhf_core.trainers.preference.kto": "KTOTrainer",
+        "rlhf_core.trainers.ppo.config": "PPOConfig",
+        "rlhf_core.trainers.ppo.trainer": "PPOTrainer",
+        "rlhf_core.trainers.online.config": "GRPOConfig RLOOConfig",
+        "rlhf_core.trainers.online.grpo": "GRPOTrainer",
+        "rlhf_core.trainers.online.rloo": "RLOOTrainer",
+    },
+)

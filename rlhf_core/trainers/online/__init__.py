@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from rlhf_core.lazy_exports import lazy_exports
 
-_EXPORTS: dict[str, str] = {
-    "GRPOConfig": "rlhf_core.trainers.online.config",
-    "RLOOConfig": "rlhf_core.trainers.online.config",
-    "GRPOTrainer": "rlhf_core.trainers.online.grpo",
-    "RLOOTrainer": "rlhf_core.trainers.online.rloo",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "rlhf_core.trainers.online.config": "GRPOConfig RLOOConfig",
+        "rlhf_core.trainers.online.grpo": "GRPOTrainer",
+        "rlhf_core.trainers.online.rloo": "RLOOTrainer",
+    },
+)
