@@ -179,7 +179,8 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
             ref_model = create_reference_model(wrapper.policy, num_shared_layers=num_shared_layers)
         if isinstance(reward_model, str):
             reward_model = load_sequence_classifier(reward_model, num_labels=1, **(kwargs or {}))
-        freeze(ref_model), freeze(reward_model)
+        freeze(ref_model)
+        freeze(reward_model)
         if args.disable_dropout:
             for module in (wrapper, ref_model, reward_model):
                 disable_dropout(module)

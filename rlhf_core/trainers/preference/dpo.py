@@ -161,13 +161,7 @@ class DPOTrainer(PairwiseTrainer):
 
     # ---- loss -----------------------------------------------------------------------------------------------
 
-    def compute_loss(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> Any:
+    def pair_loss(self, model: nn.Module, inputs: dict[str, Any], divisor: Any) -> tuple[torch.Tensor, Any]:
         policy = self._logps(model, inputs, wpo=self.args.use_weighting)
         policy_chosen, policy_rejected = policy.logps.chunk(2)
         chosen_tokens, rejected_tokens = policy.num_tokens.chunk(2)
@@ -195,9 +189,8 @@ class DPOTrainer(PairwiseTrainer):
             f_alpha_divergence_coef=self.args.f_alpha_divergence_coef,
             pair_weights=_wpo_weights(policy) if self.args.use_weighting else None,
         )
-        loss = out.losses.sum() / self.loss_divisor(inputs, num_items_in_batch)
         self._record(out, policy_chosen, policy_rejected)
-        return (loss, out) if return_outputs else loss
+        return out.losses.sum() / divisor, out
 
     def _record(self, out: Any, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor) -> None:
         self.record_metric("rewards/chosen", out.chosen_rewards)

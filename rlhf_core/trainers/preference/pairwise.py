@@ -1,11 +1,12 @@
-"""PairwiseTrainer: what the preference trainers (RewardTrainer, DPOTrainer, KTOTrainer) share.
+"""PairwiseTrainer: what the preference trainers on it (RewardTrainer, DPOTrainer) share, written once.
 
 The TRL-style constructor (model object or name/path, ``tokenizer=`` alias, pad token, dropout, the length policy,
-datasets tokenised or raw), loss-unit counting (pairs), ``prediction_step`` (loss and per-pair scores), and
-``evaluate`` / ``predict`` on raw (untokenised) datasets, written once. A subclass names its config class and
-fills in the hooks: ``_prepare_models`` (before Trainer's set-up: checks, a reference model) and
-``_finish_setup`` (after it), ``pair_scores`` (the ``[B, 2]`` logits ``prediction_step`` returns), and, for a
-trainer on other rows than pairs, ``_prepare_dataset`` / ``_default_collator`` / ``count_loss_units`` /
+datasets tokenised or raw), ``compute_loss`` normalised by the accumulated batch's pairs, loss-unit counting,
+``prediction_step`` (loss and per-pair scores), and ``evaluate`` / ``predict`` on raw (untokenised) datasets.
+
+A subclass names its ``config_class`` and fills in the hooks: ``_prepare_models`` (before Trainer's set-up:
+checks, a reference model), ``_finish_setup`` (after it), ``pair_loss`` and ``pair_scores``; a trainer on other
+rows than pairs (KTO) also overrides ``_prepare_dataset``, ``_default_collator``, ``count_loss_units`` and
 ``signature_columns``.
 """
 
@@ -104,11 +105,26 @@ class PairwiseTrainer(TokenNormalisedTrainer):
     def _default_collator(self, pad_token_id: int) -> Any:
         return PreferencePairCollator(pad_token_id, pad_to_multiple_of=self._pad_to_multiple_of)
 
+    def pair_loss(self, model: nn.Module, inputs: dict[str, Any], divisor: Any) -> tuple[torch.Tensor, Any]:
+        """(the loss summed over the batch's pairs divided by ``divisor``, outputs for ``pair_scores``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement pair_loss(model, inputs, divisor)")
+
     def pair_scores(self, outputs: Any) -> torch.Tensor:
         """``[B, 2]`` (chosen, rejected) scores from ``compute_loss``'s outputs, for ``prediction_step``."""
         raise NotImplementedError(f"{type(self).__name__} must implement pair_scores(outputs)")
 
-    # ---- loss units, prediction -------------------------------------------------------------------------------
+    # ---- loss, loss units, prediction -------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        """``pair_loss`` divided by the accumulated batch's pairs (``num_items_in_batch``, else this batch's)."""
+        loss, outputs = self.pair_loss(model, inputs, self.loss_divisor(inputs, num_items_in_batch))
+        return (loss, outputs) if return_outputs else loss
 
     def count_loss_units(self, batch: dict[str, Any]) -> int:
         """Pairs in a collated batch (its rows are chosen then rejected)."""

@@ -91,29 +91,21 @@ class RewardTrainer(PairwiseTrainer):
         cols = score_positions(ids, mask, pad_id)
         return layout.gather(captured["scores"], rows, cols)[:, 0].chunk(2)
 
-    def compute_loss(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> Any:
+    def pair_loss(self, model: nn.Module, inputs: dict[str, Any], divisor: Any) -> tuple[torch.Tensor, Any]:
         chosen, rejected = self.pair_rewards(model, inputs)
         out = reward_loss(
             chosen,
             rejected,
             margin=inputs.get("margin"),
             center_rewards_coefficient=self.args.center_rewards_coefficient,
-            num_items=self.loss_divisor(inputs, num_items_in_batch),
+            num_items=divisor,
         )
         self.record_metric("accuracy", out.accuracy)
         self.record_metric("margin", out.margin)
         self.record_metric("mean_reward", out.reward_mean)
         self.record_metric("min_reward", out.reward_min)
         self.record_metric("max_reward", out.reward_max)
-        if return_outputs:
-            return out.loss, {"rewards_chosen": chosen.detach(), "rewards_rejected": rejected.detach()}
-        return out.loss
+        return out.loss, {"rewards_chosen": chosen.detach(), "rewards_rejected": rejected.detach()}
 
     def pair_scores(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, 2]`` = (r_chosen, r_rejected)."""
