@@ -44,17 +44,6 @@ PPO_UNIMPLEMENTED = {
     "ds3_gather_for_generation": Unimplemented(
         True, "this project's generation has no ZeRO-3 mode that skips gathering the weights"
     ),
-    "model_adapter_name": Unimplemented(
-        None,
-        "a PEFT policy trains its active adapter and its reference is the base model (adapter disabled); pass "
-        "ref_model= for another reference",
-        "str | None",
-    ),
-    "ref_adapter_name": Unimplemented(
-        None,
-        "a PEFT policy's reference is the base model (adapter disabled); pass ref_model= for another reference",
-        "str | None",
-    ),
 }
 
 
@@ -70,7 +59,9 @@ class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
     TRL 1.12 names: ``sft_model_path`` / ``reward_model_path`` are loaded when ``model`` / ``reward_model`` (and
     ``reward_fn``) are not given (None here by default: TRL's default names a hub model);
     ``num_sample_generations``: sample completions (prompt, response, score) recorded that many times over
-    ``train()`` (`PPOTrainer.sample_generations`, logged as a table). TRL fields accepted at their default only:
+    ``train()`` (`PPOTrainer.sample_generations`, logged as a table); ``model_adapter_name`` /
+    ``ref_adapter_name``: with a multi-adapter PEFT policy (and ``ref_model=None``), the adapter trained and the
+    adapter whose outputs are the reference. TRL fields accepted at their default only:
     ``PPO_UNIMPLEMENTED``.
     """
 
@@ -163,6 +154,15 @@ class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
     reward_model_path: str | None = field(
         default=None,
         metadata=_help("The reward model to load when PPOTrainer gets neither reward_model= nor reward_fn=."),
+    )
+    model_adapter_name: str | None = field(
+        default=None, metadata=_help("The PEFT policy's adapter to train (None: its active one, 'default').")
+    )
+    ref_adapter_name: str | None = field(
+        default=None,
+        metadata=_help(
+            "The PEFT policy's adapter that is the reference (None: the base model, adapters off)."
+        ),
     )
     num_sample_generations: int = field(
         default=10,

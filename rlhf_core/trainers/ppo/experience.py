@@ -182,14 +182,29 @@ def missing_eos_penalty(
 
 
 @contextlib.contextmanager
-def reference_model(ref_model: nn.Module | None, policy: nn.Module):
-    """The frozen reference in eval mode; with ``ref_model=None`` the (PEFT) policy with its adapters off."""
+def reference_model(
+    ref_model: nn.Module | None,
+    policy: nn.Module,
+    *,
+    ref_adapter: str | None = None,
+    model_adapter: str | None = None,
+):
+    """The frozen reference in eval mode; with ``ref_model=None`` the (PEFT) policy with its adapters off, or with
+    its adapter ``ref_adapter`` active (TRL 1.12's ``ref_adapter_name``; ``model_adapter`` is re-activated after)."""
     if ref_model is not None:
         with eval_mode(ref_model):
             yield ref_model
         return
-    with eval_mode(policy), policy.disable_adapter():
-        yield policy
+    if ref_adapter is None:
+        with eval_mode(policy), policy.disable_adapter():
+            yield policy
+        return
+    with eval_mode(policy):
+        policy.set_adapter(ref_adapter)
+        try:
+            yield policy
+        finally:
+            policy.set_adapter(model_adapter or "default")
 
 
 @torch.no_grad()
@@ -200,9 +215,11 @@ def reference_logprobs(
     policy: nn.Module,
     temperature: float,
     micro_batch_size: int,
+    ref_adapter: str | None = None,
+    model_adapter: str | None = None,
 ) -> torch.Tensor:
     """Reference log-probs [B, R] of the response tokens (see ``reference_model``)."""
-    with reference_model(ref_model, policy) as ref:
+    with reference_model(ref_model, policy, ref_adapter=ref_adapter, model_adapter=model_adapter) as ref:
         return response_logprobs(ref, batch, temperature=temperature, micro_batch_size=micro_batch_size)
 
 
@@ -400,6 +417,8 @@ class RolloutEngine:
                 policy=self.model().policy,
                 temperature=cfg.temperature,
                 micro_batch_size=cfg.local_rollout_forward_batch_size,
+                ref_adapter=getattr(cfg, "ref_adapter_name", None),
+                model_adapter=getattr(cfg, "model_adapter_name", None),
             )
         return build_experience(
             exp.batch,

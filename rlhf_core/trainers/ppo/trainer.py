@@ -171,6 +171,7 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
         if isinstance(value_model, str):
             value_model = load_sequence_classifier(value_model, num_labels=1, **(kwargs or {}))
         wrapper = PolicyAndValue.build(model, value_model)
+        _select_adapters(wrapper.policy, ref_model, args)
         if isinstance(ref_model, str):
             ref_model = load_causal_lm(ref_model, **(kwargs or {}))
         elif isinstance(ref_model, AutoModelForCausalLMWithValueHead):
@@ -383,3 +384,21 @@ def _resolve_tokenizer(model: Any, processing_class: Any, tokenizer: Any) -> Any
         processing_class = load_processing_class(model)
     ensure_pad_token(processing_class)
     return processing_class
+
+
+def _select_adapters(policy: nn.Module, ref_model: Any, args: PPOConfig) -> None:
+    """TRL 1.12's adapter names: the policy trains ``model_adapter_name``; its reference is ``ref_adapter_name``."""
+    names = [n for n in (args.model_adapter_name, args.ref_adapter_name) if n is not None]
+    if not names:
+        return
+    if not is_peft_model(policy):
+        raise ValueError("model_adapter_name / ref_adapter_name need a PEFT policy with those adapters")
+    missing = [n for n in names if n not in policy.peft_config]
+    if missing:
+        raise ValueError(f"the policy has no adapter {missing}; its adapters: {sorted(policy.peft_config)}")
+    if args.ref_adapter_name is not None and ref_model is not None:
+        raise ValueError(
+            "ref_adapter_name picks the reference among the policy's adapters: pass ref_model=None"
+        )
+    if args.model_adapter_name is not None:
+        policy.set_adapter(args.model_adapter_name)

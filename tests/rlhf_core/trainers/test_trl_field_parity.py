@@ -106,7 +106,13 @@ IMPLEMENTED = {
         "chat_template_path": "x",
         "pad_to_multiple_of": 8,
     },
-    PPOConfig: {"num_sample_generations": 3, "sft_model_path": "rlhf-tiny", "reward_model_path": "rlhf-tiny"},
+    PPOConfig: {
+        "num_sample_generations": 3,
+        "sft_model_path": "rlhf-tiny",
+        "reward_model_path": "rlhf-tiny",
+        "model_adapter_name": "policy",
+        "ref_adapter_name": "ref",
+    },
 }
 
 
