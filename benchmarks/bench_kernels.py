@@ -30,11 +30,14 @@ import argparse
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from measurement import MIB, current_rss_bytes, matmul_gflops, peak_rss_bytes  # noqa: E402
 
 PEAK_TARGET = 0.10
 TIME_TARGETS = {"cross_entropy": 0.65, "logprobs": 1.0}
@@ -46,18 +49,6 @@ MATMULS = {
     ("fused", "logprobs"): 4,
     ("fused", "cross_entropy"): 3,
 }
-MIB = 2**20
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _reset_peak_rss() -> bool:
@@ -67,21 +58,6 @@ def _reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def _peak_rss_bytes(exact: bool) -> int:
-    if exact and (hwm := _status_kib("VmHWM")) is not None:
-        return hwm * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-
-
-def _current_rss_bytes() -> int:
-    rss = _status_kib("VmRSS")
-    if rss is not None:
-        return rss * 1024
-    import psutil
-
-    return psutil.Process().memory_info().rss
 
 
 def _make_step(op: str, variant: str, chunk_size: int | None):
@@ -129,11 +105,11 @@ def run_worker(args: argparse.Namespace) -> dict:
 
     gc.collect()
     exact = _reset_peak_rss()
-    baseline = _current_rss_bytes() if exact else _peak_rss_bytes(False)
+    baseline = current_rss_bytes() if exact else peak_rss_bytes()
     start = time.perf_counter()
     step(hidden, weight, labels, upstream)
     first = time.perf_counter() - start
-    extra_peak = _peak_rss_bytes(exact) - baseline
+    extra_peak = peak_rss_bytes() - baseline
 
     walls, cpus = [], []
     for _ in range(args.repeats):
@@ -262,9 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_worker(args)))
         return 0
     if args.matmul_worker:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from measurement import matmul_gflops
-
         print(json.dumps(matmul_gflops(args.threads)))
         return 0
     if args.smoke:

@@ -17,7 +17,9 @@ projection is a line through the two previous lengths of the same series (before
 activations for ours).
 
 Prints one table and writes ``bench_scaling.png`` (or ``--plot PATH``) next to it: peak RSS and tokens/s against
-sequence length, one line per (workload, implementation, vocabulary).
+sequence length, one line per (workload, implementation, vocabulary). Each measured configuration is also appended to
+``bench_scaling.jsonl`` (``--results``), so a long run that was stopped continues with ``--resume``, and
+``--report-only`` prints the table and the plot from what was measured.
 
     python benchmarks/bench_scaling.py                               # the full grid, one run (slow: tens of minutes)
     python benchmarks/bench_scaling.py --seqs 512,1024 --vocabs 32000 --workloads sft   # a quick look
@@ -33,7 +35,15 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from measurement import MIB, StepClock, emit_result, peak_rss_bytes, run_worker, set_threads  # noqa: E402
+from measurement import (
+    MIB,
+    QUIET_TRAINING_ARGS,
+    StepClock,
+    emit_result,
+    peak_rss_bytes,
+    run_worker,
+    set_threads,
+)  # noqa: E402
 
 THREADS = 2
 GIB = 2**30
@@ -109,8 +119,7 @@ def _classes(workload: str, impl: str):
 
 def _args(config: Config, steps: int, output_dir: str) -> dict:
     common = dict(output_dir=output_dir, per_device_train_batch_size=1, max_length=config.seq, max_steps=steps,
-                  logging_steps=1000, save_strategy="no", report_to="none", disable_tqdm=True, bf16=False,
-                  gradient_checkpointing=False, optim="adamw_torch_fused", dataloader_num_workers=0, seed=0)  # fmt: skip
+                  logging_steps=1000, optim="adamw_torch_fused", **QUIET_TRAINING_ARGS)  # fmt: skip
     if config.workload == "sft":
         return {**common, "packing": True, "learning_rate": 2e-5}
     return {**common, "beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 5e-7}
@@ -226,6 +235,61 @@ def plot(rows: list[tuple[Config, dict | str]], path: str) -> None:
     print(f"plot: {path}")
 
 
+def _grid(args: argparse.Namespace) -> list[Config]:
+    return [Config(w, i, v, q) for w in args.workloads.split(",") for v in map(int, args.vocabs.split(","))
+            for i in args.impls.split(",") for q in map(int, args.seqs.split(","))]  # fmt: skip
+
+
+def _load_results(path: str) -> dict[Config, dict]:
+    """Results a previous run appended to ``path`` (one JSON object per line), by configuration."""
+    import json
+
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    return {Config(**r["config"]): r["result"] for r in records}
+
+
+def _append_result(path: str, config: Config, result: dict) -> None:
+    import dataclasses
+    import json
+
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"config": dataclasses.asdict(config), "result": result}) + "\n")
+
+
+def _measure_grid(args: argparse.Namespace, results: dict[Config, dict]) -> list[tuple[Config, dict | str]]:
+    """Run (or, resuming, reuse) every configuration in order; skip those projected above the memory budget."""
+    rows: list[tuple[Config, dict | str]] = []
+    measured: dict[Config, dict] = {}
+    for config in _grid(args):
+        if config in results:
+            measured[config] = results[config]
+            rows.append((config, results[config]))
+            continue
+        projection = projected_peak(config, measured)
+        if projection > args.max_gib * GIB:
+            reason = f"skipped: projected peak {projection / GIB:.1f} GiB > {args.max_gib:g} GiB"
+            print(f"{config.label} seq {config.seq}: {reason}", flush=True)
+            rows.append((config, reason))
+            continue
+        if args.report_only:
+            rows.append((config, "not run"))
+            continue
+        try:
+            result = _run(config, args)
+        except Exception as error:  # one failed configuration must not lose the table
+            rows.append((config, f"failed: {str(error).strip().splitlines()[-1][:120]}"))
+            continue
+        measured[config] = result
+        rows.append((config, result))
+        _append_result(args.results, config, result)
+        print(f"{config.label} seq {config.seq}: {result['peak_rss'] / MIB:.0f} MiB, "
+              f"{result['tokens_per_s']:.0f} tokens/s, {result['tokens_per_cpu_s']:.0f} tokens/CPU-s", flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -245,6 +309,12 @@ def main() -> None:
     parser.add_argument(
         "--plot", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_scaling.png")
     )
+    parser.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_scaling.jsonl"),
+                        help="each measured configuration is appended here (JSON lines)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="reuse the configurations already in --results")
+    parser.add_argument(
+        "--report-only", action="store_true", help="print the table and plot from --results, run nothing"
+    )
     parser.add_argument(
         "--worker", nargs=4, metavar=("WORKLOAD", "IMPL", "VOCAB", "SEQ"), help=argparse.SUPPRESS
     )
@@ -254,29 +324,10 @@ def main() -> None:
         return worker(Config(workload, impl, int(vocab), int(seq)), args.steps, args.warmup)
     if args.warmup >= args.steps:
         parser.error("--warmup must be smaller than --steps")
-    rows: list[tuple[Config, dict | str]] = []
-    measured: dict[Config, dict] = {}
-    for workload in args.workloads.split(","):
-        for vocab in map(int, args.vocabs.split(",")):
-            for impl in args.impls.split(","):
-                for seq in map(int, args.seqs.split(",")):
-                    config = Config(workload, impl, vocab, seq)
-                    projection = projected_peak(config, measured)
-                    if projection > args.max_gib * GIB:
-                        reason = f"skipped: projected peak {projection / GIB:.1f} GiB > {args.max_gib:g} GiB"
-                        print(f"{config.label} seq {seq}: {reason}", flush=True)
-                        rows.append((config, reason))
-                        continue
-                    try:
-                        result = _run(config, args)
-                    except Exception as error:  # one failed configuration must not lose the table
-                        rows.append((config, f"failed: {str(error).strip().splitlines()[-1][:120]}"))
-                        continue
-                    measured[config] = result
-                    rows.append((config, result))
-                    print(f"{config.label} seq {seq}: {result['peak_rss'] / MIB:.0f} MiB, "
-                          f"{result['tokens_per_s']:.0f} tokens/s, {result['tokens_per_cpu_s']:.0f} tokens/CPU-s",
-                          flush=True)  # fmt: skip
+    results = _load_results(args.results) if args.resume or args.report_only else {}
+    if not args.resume and not args.report_only and os.path.exists(args.results):
+        os.remove(args.results)
+    rows = _measure_grid(args, results)
     print(f"\nfp32, {THREADS} threads, {args.steps - args.warmup} measured step(s) per process after {args.warmup} "
           "warm-up; measured under load from other processes (compare CPU-seconds)")  # fmt: skip
     _table(rows)

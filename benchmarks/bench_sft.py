@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from measurement import (  # noqa: E402
     MIB,
+    QUIET_TRAINING_ARGS,
     StepClock,
     emit_result,
     matmul_gflops,
@@ -62,13 +63,7 @@ def _common_config(impl: str, mode: str, steps: int, output_dir: str) -> dict:
         max_steps=steps,
         learning_rate=2e-5,
         logging_steps=10,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        dataloader_num_workers=0,
-        seed=0,
+        **QUIET_TRAINING_ARGS,
     )
 
 
@@ -166,7 +161,7 @@ def profile_worker(mode: str, steps: int, warmup: int) -> None:
         trainer.train()
         profiler.stop()
     wall = time.perf_counter() - window[0]
-    print_table(f"ours, {mode}", breakdown(profiler.events(), wall), steps)
+    print_table(f"ours, {mode}", *breakdown(profiler.events(), wall), steps)
     print(f"CPU-seconds per measured step: {median(clock.step_cpu_seconds[warmup:]):.2f}; "
           f"wall: {median(clock.step_seconds[warmup:]):.2f} (measured under load)")  # fmt: skip
 

@@ -19,6 +19,10 @@ from typing import Any
 
 MIB = 2**20
 RESULT_PREFIX = "BENCH_RESULT "
+# TrainingArguments every trainer benchmark shares: no saving, reporting, progress bars, mixed precision, gradient
+# checkpointing (TRL defaults it on; both sides run the same computation) or data-loader workers.
+QUIET_TRAINING_ARGS = dict(save_strategy="no", report_to="none", disable_tqdm=True, bf16=False,
+                           gradient_checkpointing=False, dataloader_num_workers=0, seed=0)  # fmt: skip
 
 
 def _status_kib(field: str) -> int | None:

@@ -58,22 +58,32 @@ def category(name: str, ancestors: list[str]) -> str:
     return "Python, autograd engine, Trainer"
 
 
-def breakdown(events: Any, wall_seconds: float) -> dict[str, float]:
-    """Seconds per category; what no event covers (``wall_seconds`` minus all self times) counts as Python."""
+def breakdown(events: Any, wall_seconds: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per category, and per op name within "other torch ops"; what no event covers (``wall_seconds`` minus
+    all self times on the main thread) counts as Python."""
     seconds = dict.fromkeys(CATEGORIES, 0.0)
+    other: dict[str, float] = {}
+    main_thread = min((e.thread for e in events), default=0)
     for event in events:
-        seconds[category(event.name, _ancestors(event))] += event.self_cpu_time_total / 1e6
+        if event.thread != main_thread:  # data-loader or profiler threads: not the step's own time
+            continue
+        name = category(event.name, _ancestors(event))
+        seconds[name] += event.self_cpu_time_total / 1e6
+        if name.startswith("other torch ops"):
+            other[event.name] = other.get(event.name, 0.0) + event.self_cpu_time_total / 1e6
     covered = sum(seconds.values())
     seconds["Python, autograd engine, Trainer"] += max(0.0, wall_seconds - covered)
-    return seconds
+    return seconds, other
 
 
-def print_table(title: str, seconds: dict[str, float], steps: int) -> None:
+def print_table(title: str, seconds: dict[str, float], other: dict[str, float], steps: int) -> None:
     total = sum(seconds.values())
     print(f"\n== {title}: {steps} profiled steps, {total / steps:.2f} s per step ==")
     print(f"{'where':62} {'s/step':>7} {'share':>6}")
     for name, value in seconds.items():
         print(f"{name:62} {value / steps:7.3f} {100 * value / total:5.1f}%")
+    top = sorted(other.items(), key=lambda item: -item[1])[:8]
+    print("largest of the other torch ops: " + ", ".join(f"{n} {100 * v / total:.1f}%" for n, v in top))
 
 
 def with_collation_scope(collator: Callable) -> Callable:
