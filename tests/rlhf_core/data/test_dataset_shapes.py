@@ -7,30 +7,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from chat_messages import assistant, enc, render, system, user
 from datasets import Dataset
 
 from rlhf_core.data.formats import DataFormatError
 from rlhf_core.data.tokenization import tokenize_preference, tokenize_prompts, tokenize_sft
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
-
-
-def enc(tokenizer, text):
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def render(tokenizer, messages, **kw):
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kw)["input_ids"])
 
 
 def test_an_empty_answer_is_the_end_of_text_token_alone(tokenizer):

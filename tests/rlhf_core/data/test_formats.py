@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from chat_messages import assistant, system, user
 
 from rlhf_core.data.formats import (
     DataFormat,
@@ -15,18 +16,6 @@ from rlhf_core.data.formats import (
     normalise_prompt_row,
     normalise_sft_row,
 )
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def system(text):
-    return {"role": "system", "content": text}
 
 
 @pytest.mark.parametrize(

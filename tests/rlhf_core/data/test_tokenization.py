@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from chat_messages import assistant, enc, render, user
 from tokenizers import processors
 
 from rlhf_core.data.formats import DataFormatError
@@ -15,22 +16,6 @@ from rlhf_core.data.tokenization import (
     tokenize_prompts,
     tokenize_sft,
 )
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def assistant(text):
-    return {"role": "assistant", "content": text}
-
-
-def enc(tokenizer, text):
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def render(tokenizer, messages, **kw):
-    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kw)["input_ids"])
 
 
 def masked_text(tokenizer, ids, mask):
