@@ -167,14 +167,17 @@ class RewardFunctions:
     @torch.no_grad()
     def _model_scores(source, prompts, completions, device, micro_batch_size) -> torch.Tensor:
         tokenizer = source.tokenizer
-        if is_conversational(prompts[0]):
+        conversational = is_conversational(prompts[0])
+        if conversational:
             texts = [
                 tokenizer.apply_chat_template(list(p) + list(c), tokenize=False)
                 for p, c in zip(prompts, completions)
             ]
         else:
             texts = [p + c for p, c in zip(prompts, completions)]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # Plain text is scored as plain inference tokenises it: with the tokenizer's own special tokens (BERT's
+        # [CLS]/[SEP], Llama's bos); a rendered chat template already holds the ones it wants.
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not conversational)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         empty = ids.new_zeros(ids.shape[0], 0)
         batch = ResponseBatch(ids, mask, empty, empty)

@@ -38,3 +38,19 @@ def test_rollout_layout_scores_equal_plain_inference(family, tmp_path):
     expected = plain_scores(tmp_path, [p + r for p, r in zip(prompts, responses)])
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
 
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_online_reward_model_scores_equal_plain_inference(family, tmp_path):
+    """GRPO/RLOO score string prompt + completion with the reward model's own tokenizer: ``tokenizer(text)`` with its
+    special tokens (BERT's [CLS]/[SEP], Llama's bos), right padded, read where plain inference reads."""
+    from rlhf_core.trainers.online.reward_functions import RewardFunctions, RewardSource
+
+    model, tok = reward_model(family)
+    model.save_pretrained(tmp_path), tok.save_pretrained(tmp_path)
+    pairs = string_pairs(5)
+    prompts, completions = list(pairs["prompt"]), [" " + c[: 10 + 7 * i] for i, c in enumerate(pairs["chosen"])]
+    source = RewardSource(name="rm", model=model.eval(), tokenizer=tok)
+    scores = RewardFunctions._model_scores(source, prompts, completions, torch.device("cpu"), 2)
+    expected = plain_scores(tmp_path, [tok(p + c)["input_ids"] for p, c in zip(prompts, completions)])
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
