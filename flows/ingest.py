@@ -16,12 +16,9 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from tasks.ingest import (
-    SUPPORTED_SUFFIXES,
-    IngestPolicy,
-    PreferenceDataRejected,
+from tasks.ingest import SUPPORTED_SUFFIXES, IngestPolicy, PreferenceDataRejected, default_store_dir
+from tasks.ingest_tasks import (
     announce_dataset_version,
-    default_store_dir,
     load_preference_file,
     store_dataset_version,
     validate_preferences,

@@ -17,6 +17,7 @@ rejected or interrupted ingest never leaves a half-written version behind.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -31,10 +32,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from prefect import task
-from prefect.artifacts import create_markdown_artifact
-from prefect.events import emit_event
-from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from tasks.tracking.check import mask_credentials
@@ -149,15 +146,20 @@ def read_preference_file(path_or_uri: str) -> list[Any]:
     A JSONL line that is not valid JSON becomes an `UnparsableLine` (a problem of that row, not a crash),
     so one bad line does not hide the rest of the report.
     """
-    suffix = Path(urlparse(path_or_uri).path).suffix.lower()
+    name = Path(urlparse(path_or_uri).path).name.lower()
+    compressed = name.endswith(".gz")  # e.g. the Anthropic HH files, harmless-base-test.jsonl.gz
+    suffix = Path(name.removesuffix(".gz")).suffix
     if suffix not in SUPPORTED_SUFFIXES:
         raise PreferenceDataRejected(
-            f"{path_or_uri}: unsupported file type {suffix or '(none)'!r}; expected one of {SUPPORTED_SUFFIXES}"
+            f"{path_or_uri}: unsupported file type {suffix or '(none)'!r}; expected one of {SUPPORTED_SUFFIXES} "
+            "(optionally .gz)"
         )
     local = _local_path(path_or_uri)
     if local is not None and not local.is_file():
         raise PreferenceDataRejected(f"{path_or_uri}: no such file")
     raw = local.read_bytes() if local is not None else _read_remote(path_or_uri)
+    if compressed:
+        raw = gzip.decompress(raw)
     if suffix == ".parquet":
         return _read_parquet(raw, path_or_uri)
     if suffix == ".json":
@@ -403,75 +405,18 @@ def arrival_event_fields(dataset: DatasetVersion) -> dict[str, Any]:
     }
 
 
-# --- Prefect tasks ---------------------------------------------------------------------------------
+# --- without Prefect --------------------------------------------------------------------------------
 
 
-def _retry_unless_rejected(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O hiccups (a remote store), never a file that is simply invalid."""
-    try:
-        state.result()
-    except PreferenceDataRejected:
-        return False
-    except Exception:
-        return True
-    return True
-
-
-@task(
-    name="load-preference-file",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=_retry_unless_rejected,
-    timeout_seconds=600,
-)
-def load_preference_file(path_or_uri: str) -> list[Any]:
-    return read_preference_file(path_or_uri)
-
-
-@task(name="validate-preferences", timeout_seconds=600)
-def validate_preferences(
-    rows: list[Any], policy: IngestPolicy, source: str
-) -> tuple[list[dict], ValidationReport]:
-    kept, report = validate_preference_rows(rows, policy, source=source)
-    create_markdown_artifact(
-        markdown=report.to_markdown(),
-        key="preference-validation",
-        description=f"Validation of {source}",
-    )
-    get_run_logger().info(
-        "%s: %d rows read, %d kept, problems %s -> %s",
-        source,
-        report.total_rows,
-        report.kept_rows,
-        report.counts() or "none",
-        "accepted" if report.accepted else f"rejected ({report.reason})",
-    )
-    return kept, report
-
-
-@task(name="store-dataset-version", timeout_seconds=600)
-def store_dataset_version(
-    rows: list[dict], report: ValidationReport, store_dir: str | None = None
-) -> DatasetVersion:
-    return write_dataset_version(rows, report, store_dir)
-
-
-@task(name="announce-dataset-version", retries=2, retry_delay_seconds=2)
-def announce_dataset_version(dataset: DatasetVersion) -> bool:
-    """Emit `preference-data.arrived` unless this version was already announced; True when emitted."""
-    version_dir = Path(dataset.uri).parent
-    logger = get_run_logger()
-    if not claim_announcement(version_dir):
-        logger.info("Version %s was already announced: no event, no retraining.", dataset.version)
-        return False
-    try:
-        event = emit_event(**arrival_event_fields(dataset))
-    except BaseException:
-        release_announcement(version_dir)
-        raise
-    if event is None:  # events are off (no API): let a later ingest announce it
-        release_announcement(version_dir)
-        logger.warning("Prefect events are disabled here: %s not announced.", PREFERENCE_DATA_ARRIVED)
-        return False
-    logger.info("Emitted %s for version %s (%s)", PREFERENCE_DATA_ARRIVED, dataset.version, dataset.uri)
-    return True
+def ingest_file(
+    path_or_uri: str, store_dir: str | None = None, policy: IngestPolicy | None = None
+) -> tuple[DatasetVersion, ValidationReport]:
+    """Read, validate and store one file: the steps of the ``ingest-preferences`` flow without Prefect (no
+    artifact, no event), for ``rlhf ingest`` when no Prefect API is configured. Raises `PreferenceDataRejected`
+    (nothing written) when the file is rejected."""
+    source = mask_credentials(path_or_uri)
+    rows = read_preference_file(path_or_uri)
+    kept, report = validate_preference_rows(rows, policy or IngestPolicy(), source=source)
+    if not report.accepted:
+        raise PreferenceDataRejected(f"{source} rejected: {report.reason}")
+    return write_dataset_version(kept, report, store_dir), report

@@ -11,7 +11,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.ingest import WATCH_LEDGER, ingest_preferences, watch_preference_folder
-from tasks import ingest
+from tasks import ingest_tasks
 from tasks.ingest import PREFERENCE_DATA_ARRIVED, IngestPolicy, PreferenceDataRejected
 
 ROWS = [
@@ -35,7 +35,7 @@ def emitted(monkeypatch):
         events.append(fields)
         return object()  # what emit_event returns when the event was sent
 
-    monkeypatch.setattr(ingest, "emit_event", record)
+    monkeypatch.setattr(ingest_tasks, "emit_event", record)
     return events
 
 

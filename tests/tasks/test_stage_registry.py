@@ -84,7 +84,7 @@ _NEW_STAGE = textwrap.dedent(
     sft = stage_registry.STAGES["sft"]
     stage_registry.STAGES["polish"] = dataclasses.replace(sft, name="polish", starts_from="sft")
 
-    from deployments.pipeline_commands import build_parser
+    from deployments.cli import build_parser
     from tasks.config import config_from_mapping
     from tasks.plan import build_plan
     from tasks.results import PreparedData, PreparedDataset

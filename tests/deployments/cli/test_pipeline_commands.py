@@ -1,4 +1,4 @@
-"""The pipeline CLI: validate, dotted overrides, and user errors (key + problem, exit 2, no traceback)."""
+"""`rlhf run / validate / train`: validate, dotted overrides, and user errors (key + problem, exit 2, no traceback)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.pipeline_commands import EXIT_USER_ERROR, build_parser, main
+from deployments.cli import EXIT_USAGE, build_parser, main
 
-DEFAULT = str(Path(__file__).resolve().parents[2] / "configs" / "default.yaml")
+DEFAULT = str(Path(__file__).resolve().parents[3] / "configs" / "default.yaml")
 SMALL_DATA = [
     "data.sft.num_examples=8",
     "data.preference.num_examples=8",
@@ -20,7 +20,7 @@ SMALL_DATA = [
 
 
 def _fails(argv: list[str], capsys) -> str:
-    assert main(argv) == EXIT_USER_ERROR
+    assert main(argv) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
