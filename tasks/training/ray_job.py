@@ -160,6 +160,17 @@ def connect(address: str) -> Any:
     return ray
 
 
+def _log_to_run(message: str) -> None:
+    """The Prefect task's log when there is one (the UI shows it), else this module's logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        get_run_logger().info(message)
+    except MissingContextError:
+        logger.info(message)
+
+
 def _submit_or_attach(ray: Any, spec: StageSpec, scale_out: ScaleOutSettings, name: str) -> Any:
     try:
         actor = ray.get_actor(name, namespace=NAMESPACE)
@@ -179,12 +190,11 @@ def _submit_or_attach(ray: Any, spec: StageSpec, scale_out: ScaleOutSettings, na
         )
         verb = "submitted"
     state = ray.get(actor.status.remote())
-    logger.info(
-        "stage %s: %s Ray job %s (running for %.0f s) on the cluster at %s; follow it with `ray list actors "
-        "--filter name=%s` and Ray Train's run %s under %s",
-        spec.stage, verb, name, time.time() - state["started"], ray.get_runtime_context().gcs_address, name,
-        name, storage_path(spec, scale_out),
-    )  # fmt: skip
+    _log_to_run(
+        f"stage {spec.stage}: {verb} Ray job {name} (running for {time.time() - state['started']:.0f} s) on the "
+        f"cluster at {ray.get_runtime_context().gcs_address}; follow it with `ray list actors --filter name={name}` "
+        f"and Ray Train's run {name} under {storage_path(spec, scale_out)}"
+    )
     return actor
 
 
