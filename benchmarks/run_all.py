@@ -19,6 +19,7 @@ BENCHMARKS: list[list[str]] = [
     ["bench_sft.py"],
     ["bench_reward.py"],
     ["bench_dpo.py"],
+    ["bench_kto.py"],
     ["bench_rollout.py"],
     ["bench_ppo.py", "--trl-path", str(TRL112)],
 ]
