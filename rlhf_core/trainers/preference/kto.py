@@ -29,17 +29,8 @@ from tqdm.auto import tqdm
 
 from rlhf_core.data.collators import IGNORE_INDEX
 from rlhf_core.losses.kto import kto_loss, kto_reference_point
-from rlhf_core.models.module_state import disable_dropout
-from rlhf_core.models.pad_token import ensure_pad_token
-from rlhf_core.trainers.base import TokenNormalisedTrainer
-from rlhf_core.trainers.batch_tracking import ROW_IDS_KEY
-from rlhf_core.trainers.model_setup import (
-    is_peft_model,
-    load_model,
-    load_processing_class,
-    resolve_processing_class_alias,
-    unwrap_model,
-)
+from rlhf_core.models.module_state import eval_mode
+from rlhf_core.trainers.model_setup import is_peft_model, load_model, unwrap_model
 from rlhf_core.trainers.padding_free import padding_free_cost_model, plan_layout
 from rlhf_core.trainers.preference.dpo import _initial_reference, _wraps_peft
 from rlhf_core.trainers.preference.kto_config import KTOConfig
@@ -50,12 +41,13 @@ from rlhf_core.trainers.preference.kto_data import (
     warn_on_class_imbalance,
 )
 from rlhf_core.trainers.preference.logprobs import completion_logprobs
+from rlhf_core.trainers.preference.pairwise import PairwiseTrainer
 from rlhf_core.trainers.preference.reference import reference_adapter_disabled
 
 __all__ = ["KTOTrainer"]
 
 
-class KTOTrainer(TokenNormalisedTrainer):
+class KTOTrainer(PairwiseTrainer):
     """KTO of a causal LM (TRL 1.16's constructor).
 
     Args:
@@ -70,6 +62,9 @@ class KTOTrainer(TokenNormalisedTrainer):
         peft_config: LoRA (or other PEFT) configuration.
         quantization_config: accepted for TRL's signature; only None (no quantised loading here).
     """
+
+    config_class = KTOConfig
+    signature_columns = KTO_COLUMNS
 
     def __init__(
         self,
@@ -86,54 +81,67 @@ class KTOTrainer(TokenNormalisedTrainer):
         quantization_config: Any = None,
         **trainer_kwargs: Any,
     ) -> None:
-        args = KTOConfig() if args is None else args
-        if not isinstance(args, KTOConfig):
-            raise TypeError(f"args must be a KTOConfig, got {type(args).__name__}")
         if quantization_config is not None:
             raise NotImplementedError(
-                "KTOTrainer(quantization_config=...) is not supported: load the model yourself"
+                "KTOTrainer(quantization_config=...) is not implemented: load the quantised model yourself"
             )
-        model, ref_model, processing_class = _load_models(model, ref_model, args, processing_class, tokenizer)
-        pad_token_id = ensure_pad_token(processing_class, model)
-        if args.disable_dropout:
-            disable_dropout(model)
-        ref_model = _initial_reference(model, ref_model, args, peft_config)
-        train_dataset = self._prepare(train_dataset, processing_class, args, "train")
-        eval_dataset = self._prepare(eval_dataset, processing_class, args, "eval")
-        if train_dataset is not None and hasattr(train_dataset, "column_names"):
-            warn_on_class_imbalance(train_dataset["label"], args.desirable_weight, args.undesirable_weight)
-        collator = UnpairedCollator(
-            pad_token_id, max_length=args.max_length, pad_to_multiple_of=args.pad_to_multiple_of
-        )
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator or collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
+            model,
+            args,
+            data_collator,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            ref_model=ref_model,
+            tokenizer=tokenizer,
             peft_config=peft_config,
             **trainer_kwargs,
         )
-        self.ref_model = ref_model
+
+    # ---- set-up (PairwiseTrainer's hooks) -------------------------------------------------------------------
+
+    def _load_model(self, name: str, args: KTOConfig, init_kwargs: dict | None = None) -> nn.Module:
+        trust = {"trust_remote_code": True} if args.trust_remote_code else {}
+        return load_model(name, model_init_kwargs={**(init_kwargs or args.model_init_kwargs or {}), **trust})
+
+    def _prepare_models(
+        self, model: nn.Module, ref_model: nn.Module | str | None, args: KTOConfig, peft_config: Any
+    ) -> nn.Module | None:
+        if isinstance(ref_model, str):
+            ref_model = self._load_model(ref_model, args, args.ref_model_init_kwargs)
+        if ref_model is not None and ref_model is model:
+            raise ValueError("ref_model is the policy object itself: pass ref_model=None for a frozen copy.")
+        # mismatched pairs are built per batch: training batches for the train set, eval batches for the others
+        blocks = (args.per_device_train_batch_size, args.per_device_eval_batch_size)
+        self._kl_blocks = blocks if args.uses_kl else (None, None)
+        return _initial_reference(model, ref_model, args, peft_config)
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, what: str) -> Any:
+        block = self._kl_blocks[0 if what == "train" else 1]
+        dataset = prepare_kto_dataset(
+            dataset, processing_class, **self._length_policy, kl_block=block, what=what
+        )
+        if getattr(self, "_reference_columns_needed", False):  # evaluate() / predict() after the precompute
+            dataset = self._reference_columns_for_evaluation(dataset, what)
+        return dataset
+
+    def _default_collator(self, pad_token_id: int) -> Any:
+        max_length = self._length_policy["max_length"]
+        return UnpairedCollator(
+            pad_token_id, max_length=max_length, pad_to_multiple_of=self._pad_to_multiple_of
+        )
+
+    def _finish_setup(self) -> None:
         self._cost_models: dict[int, Any] = {}
-        if args.precompute_ref_log_probs:
+        if self.train_dataset is not None and hasattr(self.train_dataset, "column_names"):
+            warn_on_class_imbalance(
+                self.train_dataset["label"], self.args.desirable_weight, self.args.undesirable_weight
+            )
+        if self.args.precompute_ref_log_probs:
             self._precompute_and_release_reference()
+            self._reference_columns_needed = True
         elif self.ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
-
-    @staticmethod
-    def _prepare(dataset: Any, tokenizer: Any, args: KTOConfig, what: str) -> Any:
-        block = args.per_device_train_batch_size if what == "train" else args.per_device_eval_batch_size
-        return prepare_kto_dataset(
-            dataset,
-            tokenizer,
-            max_length=args.max_length,
-            overlong=args.overlong,
-            kl_block=block if args.uses_kl else None,
-            num_proc=args.dataset_num_proc,
-            what=what,
-        )
 
     # ---- log-probs ------------------------------------------------------------------------------------------
 
@@ -183,16 +191,25 @@ class KTOTrainer(TokenNormalisedTrainer):
         """One no-grad pass over the train/eval examples; the log-probs become dataset columns, the model is freed."""
         if self.ref_model is not None:
             self.ref_model = self.ref_model.to(self.args.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             self.train_dataset = self._with_reference_columns(self.train_dataset, "train")
             self.eval_dataset = self._with_reference_columns(self.eval_dataset, "eval")
-        finally:
-            self.model.train(was_training)
         # Keep no reference model: drop our handle (the caller's own variable, if any, is theirs).
         self.ref_model = None
         gc.collect()
+
+    def _reference_columns_for_evaluation(self, dataset: Any, what: str) -> Any:
+        """A dataset given to evaluate() / predict() under precompute: scored now, if a reference still exists."""
+        if dataset is None:
+            return None
+        peft_reference = is_peft_model(self.model) or _wraps_peft(self.model)
+        if self.state.global_step > 0 and not peft_reference:
+            raise ValueError(
+                "precompute_ref_log_probs=True keeps no reference model, and after training the policy is no longer "
+                "the reference: give this dataset as eval_dataset to the constructor, or evaluate it before training."
+            )
+        with eval_mode(self.model):
+            return self._with_reference_columns(dataset, what)
 
     def _with_reference_columns(self, dataset: Any, what: str) -> Any:
         if dataset is None or (hasattr(dataset, "column_names") and "ref_logps" in dataset.column_names):
@@ -221,13 +238,8 @@ class KTOTrainer(TokenNormalisedTrainer):
         """Examples in a collated batch."""
         return int(batch["input_ids"].shape[0])
 
-    def compute_loss(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> Any:
+    def pair_loss(self, model: nn.Module, inputs: dict[str, Any], divisor: Any) -> tuple[torch.Tensor, Any]:
+        """The KTO loss summed over the batch's examples, divided by ``divisor`` (the accumulated examples)."""
         policy = self._sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         reference, reference_kl = self._reference_logps(inputs)
         z0 = self._reference_point(model, inputs, reference_kl, like=policy)
@@ -242,9 +254,8 @@ class KTOTrainer(TokenNormalisedTrainer):
             undesirable_weight=self.args.undesirable_weight,
             loss_type=self.args.loss_type,
         )
-        loss = out.losses.sum() / self.loss_divisor(inputs, num_items_in_batch)
         self._record(out, policy, desirable)
-        return (loss, out) if return_outputs else loss
+        return out.losses.sum() / divisor, out
 
     def _reference_point(
         self,
@@ -286,75 +297,15 @@ class KTOTrainer(TokenNormalisedTrainer):
             metrics["rewards/margins"] = [sum(chosen) / len(chosen) - sum(rejected) / len(rejected)]
         super().log(logs, start_time)
 
-    # ---- evaluation -----------------------------------------------------------------------------------------
+    # ---- prediction -----------------------------------------------------------------------------------------
 
-    def evaluate(
-        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
-    ):
-        """`Trainer.evaluate`, also on a raw (unpaired or paired) dataset."""
-        if eval_dataset is not None and not isinstance(eval_dataset, str):
-            eval_dataset = self._prepare_for_evaluation(eval_dataset, metric_key_prefix)
-        return super().evaluate(
-            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
-        )
+    def pair_scores(self, outputs: Any) -> torch.Tensor:
+        """``[B]`` implied rewards, one per example (`predict()` returns them as predictions)."""
+        return outputs.rewards
 
-    def predict(
-        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
-    ):
-        """`Trainer.predict` (also on a raw dataset): predictions `[N]` = implied rewards, label_ids = the labels."""
-        test_dataset = self._prepare_for_evaluation(test_dataset, metric_key_prefix)
-        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-
-    def _prepare_for_evaluation(self, dataset: Any, what: str) -> Any:
-        dataset = self._prepare(dataset, self.processing_class, self.args, "eval")
-        if not self.args.precompute_ref_log_probs:
-            return dataset
-        peft_reference = is_peft_model(self.model) or _wraps_peft(self.model)
-        if self.state.global_step > 0 and not peft_reference:
-            raise ValueError(
-                "precompute_ref_log_probs=True keeps no reference model, and after training the policy is no longer "
-                "the reference: give this dataset as eval_dataset to the constructor, or evaluate it before training."
-            )
-        return self._with_reference_columns(dataset, what)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = list(KTO_COLUMNS)
-        super()._set_signature_columns_if_needed()
-
-    def prediction_step(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        prediction_loss_only: bool,
-        ignore_keys: list[str] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Loss, and (unless ``prediction_loss_only``) the implied rewards `[B]` with the labels `[B]`."""
-        inputs.pop(ROW_IDS_KEY, None)
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, out = self.compute_loss(model, inputs, return_outputs=True)
-        if prediction_loss_only:
-            return loss.detach(), None, None
-        return loss.detach(), out.rewards, inputs["label"].long()
-
-
-def _load_models(
-    model: Any, ref_model: Any, args: KTOConfig, processing_class: Any, tokenizer: Any
-) -> tuple[nn.Module, nn.Module | None, Any]:
-    """The policy and reference as objects (loaded by name/path when given so) and the tokenizer."""
-    if model is None:
-        raise ValueError("KTOTrainer needs a model (an object or a name/path).")
-    processing_class = resolve_processing_class_alias(processing_class, tokenizer)
-    extra = {"trust_remote_code": True} if args.trust_remote_code else {}
-    if isinstance(model, str):
-        processing_class = load_processing_class(model, processing_class)
-        model = load_model(model, model_init_kwargs={**(args.model_init_kwargs or {}), **extra})
-    if isinstance(ref_model, str):
-        ref_model = load_model(ref_model, model_init_kwargs={**(args.ref_model_init_kwargs or {}), **extra})
-    if ref_model is not None and ref_model is model:
-        raise ValueError("ref_model is the policy object itself: pass ref_model=None for a frozen copy.")
-    return model, ref_model, processing_class
+    def prediction_labels(self, inputs: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
+        """The examples' labels (1 = desirable)."""
+        return inputs["label"].long()
 
 
 def _with_mismatched_rows(inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

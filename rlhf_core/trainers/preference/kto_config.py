@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from transformers import TrainingArguments
 
 from rlhf_core.losses.kto import KTO_LOSSES
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
 from rlhf_core.trainers.preference.data import check_length_policy
+from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["KTOConfig"]
 
-# TRL 1.16 KTOConfig fields this trainer accepts at their default only: {name: (default, why it is not done)}.
-_NOT_IMPLEMENTED: dict[str, tuple[Any, str]] = {
-    "activation_offloading": (False, "activations are not offloaded to the CPU"),
-    "sync_ref_model": (False, "the reference model is never synchronised with the policy (TR-DPO)"),
-    "ref_model_mixup_alpha": (0.6, "it only applies with sync_ref_model=True, which is not implemented"),
-    "ref_model_sync_steps": (512, "it only applies with sync_ref_model=True, which is not implemented"),
+_REF_SYNC = "TR-DPO reference synchronisation is not implemented for KTO"
+# TRL 1.16 KTOConfig fields accepted at their default only (a non-default value raises NotImplementedError).
+KTO_UNIMPLEMENTED = {
+    "activation_offloading": Unimplemented(
+        False, "activations are not offloaded to the CPU; use gradient_checkpointing=True to save memory"
+    ),
+    "sync_ref_model": Unimplemented(False, _REF_SYNC),
+    "ref_model_mixup_alpha": Unimplemented(0.6, _REF_SYNC),
+    "ref_model_sync_steps": Unimplemented(512, _REF_SYNC),
 }
 
 
 @dataclass
-class KTOConfig(ConfigDefaultsMixin, TrainingArguments):
+@unimplemented_fields(KTO_UNIMPLEMENTED)
+class KTOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     """Configuration of `KTOTrainer` (every `TrainingArguments` field, with CPU-safe defaults, plus these).
 
     Loss (arXiv:2402.01306): `loss_type` "kto" or "apo_zero_unpaired" (`rlhf_core.losses.kto.KTO_LOSSES`), `beta`,
@@ -38,9 +42,11 @@ class KTOConfig(ConfigDefaultsMixin, TrainingArguments):
     its adapter disabled for a PEFT model; ``precompute_ref_log_probs=True``: log-probs computed once before
     training, no reference model kept).
 
-    Length policy: ``max_length`` tokens of prompt + completion; longer examples are truncated (the prompt keeps its
-    end and gives up tokens first, down to half of ``max_length``, then the completion keeps its start) or, with
-    ``overlong="drop"``, removed; the counts are logged. The mismatched sequences are cut to ``max_length`` too.
+    Length policy: ``max_length`` tokens of prompt + completion (and at most ``max_prompt_length`` of prompt); longer
+    examples are truncated (the prompt keeps its end and gives up tokens first, down to half of ``max_length``, then
+    the completion keeps its start) or, with ``overlong="drop"``, removed; the counts are logged. The mismatched
+    sequences are cut to ``max_length`` too. ``pad_to_multiple_of`` and TRL's other tokenizer options as in
+    `DPOConfig`.
 
     TRL fields accepted at their default only (a non-default value raises NotImplementedError):
     ``activation_offloading``, ``sync_ref_model``, ``ref_model_mixup_alpha``, ``ref_model_sync_steps``, and
@@ -70,13 +76,12 @@ class KTOConfig(ConfigDefaultsMixin, TrainingArguments):
     max_length: int | None = field(
         default=1024, metadata={"help": "Maximum tokens of prompt + completion (None: no limit)."}
     )
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Maximum prompt tokens (kept from the end) when truncating."}
+    )
     overlong: str = field(
         default="truncate",
         metadata={"help": "Examples longer than max_length: 'truncate' or 'drop' (counted)."},
-    )
-    pad_to_multiple_of: int | str | None = field(
-        default="auto",
-        metadata={"help": "Pad batches to a multiple of this many tokens ('auto': no padding off Neuron)."},
     )
     padding_free: bool | None = field(
         default=None,
@@ -119,21 +124,12 @@ class KTOConfig(ConfigDefaultsMixin, TrainingArguments):
     router_aux_loss_coef: float | None = field(
         default=None, metadata={"help": "MoE load-balancing loss weight: only None or 0.0 (not implemented)."}
     )
-    activation_offloading: bool = field(default=False, metadata={"help": "Not implemented (must be False)."})
-    sync_ref_model: bool = field(default=False, metadata={"help": "Not implemented (must be False)."})
-    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "Not implemented (TR-DPO alpha)."})
-    ref_model_sync_steps: int = field(default=512, metadata={"help": "Not implemented (TR-DPO tau)."})
 
     def __post_init__(self) -> None:
-        for name, (default, why) in _NOT_IMPLEMENTED.items():
-            if getattr(self, name) != default:
-                raise NotImplementedError(
-                    f"KTOConfig.{name}={getattr(self, name)!r} is not supported: {why}."
-                )
         if self.router_aux_loss_coef not in (None, 0.0):
             raise NotImplementedError(
-                f"KTOConfig.router_aux_loss_coef={self.router_aux_loss_coef!r} is not supported: no MoE "
-                "load-balancing loss is added (None or 0.0 only)."
+                f"KTOConfig.router_aux_loss_coef={self.router_aux_loss_coef!r} is not implemented (only None or "
+                "0.0 is): no mixture-of-experts load-balancing loss is added to the KTO loss"
             )
         if self.loss_type not in KTO_LOSSES:
             raise ValueError(f"loss_type {self.loss_type!r} is unknown; known: {sorted(KTO_LOSSES)}")
@@ -153,11 +149,7 @@ class KTOConfig(ConfigDefaultsMixin, TrainingArguments):
                 f"loss_type {self.loss_type!r} needs per_device_train_batch_size >= 2: with one example per batch its "
                 "mismatched completion is its own, and the KL estimate equals the implied reward"
             )
-        if isinstance(self.pad_to_multiple_of, str):
-            text = self.pad_to_multiple_of.lower()
-            # the CLI passes strings; 'auto' pads only on Neuron, which this project does not target
-            self.pad_to_multiple_of = None if text in ("auto", "none", "null") else int(text)
-        check_length_policy(self.max_length, None, self.overlong)
+        check_length_policy(self.max_length, self.max_prompt_length, self.overlong)
         super().__post_init__()
 
     @property

@@ -59,6 +59,7 @@ def prepare_kto_dataset(
     tokenizer: Any,
     *,
     max_length: int | None,
+    max_prompt_length: int | None = None,
     overlong: str = "truncate",
     kl_block: int | None = None,
     num_proc: int | None = None,
@@ -73,8 +74,8 @@ def prepare_kto_dataset(
         return None
     if isinstance(dataset, Mapping):
         return {
-            name: prepare_kto_dataset(split, tokenizer, max_length=max_length, overlong=overlong,
-                                      kl_block=kl_block, num_proc=num_proc, what=f"{what}[{name}]")
+            name: prepare_kto_dataset(split, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+                                      overlong=overlong, kl_block=kl_block, num_proc=num_proc, what=f"{what}[{name}]")
             for name, split in dataset.items()
         }  # fmt: skip
     names = list(getattr(dataset, "column_names", None) or [])
@@ -86,7 +87,8 @@ def prepare_kto_dataset(
         dataset = _tokenize(
             dataset, tokenizer, pairs_per_block=max((kl_block or 2) // 2, 1), num_proc=num_proc
         )
-        dataset = _apply_length_policy(dataset, special_tokens(tokenizer), max_length, overlong, what)
+        limits = (max_length, max_prompt_length)
+        dataset = _apply_length_policy(dataset, special_tokens(tokenizer), limits, overlong, what)
     if kl_block is not None and "KL_completion_ids" not in dataset.column_names:
         dataset = dataset.map(_rotate_completions, batched=True, batch_size=kl_block, num_proc=num_proc,
                               desc=f"Mismatched completions ({what})")  # fmt: skip
@@ -149,31 +151,27 @@ def unpair_tokenized_pairs(pairs: Dataset, *, pairs_per_block: int) -> Dataset:
 
 
 def _apply_length_policy(
-    dataset: Dataset, sp: SpecialTokens, max_length: int | None, overlong: str, what: str
+    dataset: Dataset, sp: SpecialTokens, limits: tuple[int | None, int | None], overlong: str, what: str
 ) -> Dataset:
     """Truncate (prompt end kept, down to half of max_length, then completion start) or drop long examples."""
+    max_length, max_prompt_length = limits
     report = OverlongReport(total=len(dataset), max_length=max_length, policy=overlong)
-    if max_length is None:
-        report.log(logger, f"KTO {what} examples")
-        return dataset
-    lengths = [len(p) + len(c) for p, c in zip(dataset["prompt_ids"], dataset["completion_ids"])]
-    long_rows = [i for i, n in enumerate(lengths) if n > max_length]
+    prompts, completions = dataset["prompt_ids"], dataset["completion_ids"]
+    long_rows = [
+        i for i, (p, c) in enumerate(zip(prompts, completions))
+        if (max_length is not None and len(p) + len(c) > max_length)
+        or (max_prompt_length is not None and len(p) > max_prompt_length)
+    ]  # fmt: skip
     if overlong == "drop":
         report.dropped = len(long_rows)
-        long_set = set(long_rows)
-        dataset = dataset.select([i for i in range(len(dataset)) if i not in long_set])
+        drop = set(long_rows)
+        dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
     elif long_rows:
         report.truncated = len(long_rows)
         cut = set(long_rows)
 
         def fit(row: dict, index: int) -> dict:
-            if index not in cut:
-                return row
-            prompt, completion = row["prompt_ids"], row["completion_ids"]
-            prompt = keep_end(
-                prompt, max(max_length - len(completion), min(len(prompt), max_length // 2)), sp
-            )
-            return {"prompt_ids": prompt, "completion_ids": completion[: max_length - len(prompt)]}
+            return _fit(row, max_length, max_prompt_length, sp) if index in cut else row
 
         dataset = dataset.map(fit, with_indices=True, desc="Truncating long examples")
     report.log(logger, f"KTO {what} examples")
@@ -183,6 +181,16 @@ def _apply_length_policy(
             "raise max_length or use overlong='truncate'."
         )
     return dataset
+
+
+def _fit(row: dict, max_length: int | None, max_prompt_length: int | None, sp: SpecialTokens) -> dict:
+    prompt, completion = row["prompt_ids"], row["completion_ids"]
+    if max_prompt_length is not None:
+        prompt = keep_end(prompt, max_prompt_length, sp)
+    if max_length is not None and len(prompt) + len(completion) > max_length:
+        prompt = keep_end(prompt, max(max_length - len(completion), min(len(prompt), max_length // 2)), sp)
+        completion = completion[: max_length - len(prompt)]
+    return {"prompt_ids": prompt, "completion_ids": completion}
 
 
 def _rotate_completions(batch: dict[str, list]) -> dict[str, list]:

@@ -145,8 +145,11 @@ class PairwiseTrainer(TokenNormalisedTrainer):
         if prediction_loss_only:
             return loss.detach(), None, None
         logits = self.pair_scores(outputs)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        return loss.detach(), logits, labels
+        return loss.detach(), logits, self.prediction_labels(inputs, logits)
+
+    def prediction_labels(self, inputs: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
+        """The ``label_ids`` returned beside ``pair_scores``: 0 (the chosen side) for pairs."""
+        return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
 
     # ---- evaluation on raw datasets ---------------------------------------------------------------------------
 

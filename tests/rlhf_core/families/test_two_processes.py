@@ -1,7 +1,7 @@
-"""SFT, Reward, DPO and PPO (full loop and classic step() with unequal lengths per rank) under 2 CPU processes (gloo, `accelerate launch`): both ranks end with identical
+"""SFT, Reward, DPO, KTO and PPO (full loop and classic step() with unequal lengths per rank) under 2 CPU processes (gloo, `accelerate launch`): both ranks end with identical
 weights, equal (within 1e-5) to one process training on the same global batches, after a few SGD steps.
 
-One launch trains all four in each rank (one process start-up instead of four); each trainer has its own test.
+One launch trains all of them in each rank (one process start-up instead of one per trainer); each trainer has its own test.
 Run as a script (``python this_file TRAINER... OUT``), this file is the worker every rank executes.
 """
 
@@ -108,7 +108,32 @@ def train_ppo_step(per_device: int, out: str) -> list[torch.Tensor]:
     return [p.detach().clone() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
 
 
-TRAINERS = {"sft": train_sft, "reward": train_reward, "dpo": train_dpo, "ppo": train_ppo, "ppo_step": train_ppo_step}
+def train_kto(per_device: int, out: str) -> list[torch.Tensor]:
+    """KTO's reference point z0 is averaged over both ranks' mismatched pairs (a per-rank z0 changes the weights)."""
+    from rlhf_core import KTOConfig, KTOTrainer
+    from rlhf_core.models.families import family_model_path
+    from rlhf_core.models.loading import load_causal_lm, load_tokenizer
+    from rlhf_core.trainers.preference.kto_data import prepare_kto_dataset
+
+    path = family_model_path("llama")
+    tokenizer = load_tokenizer(path)
+    # mismatched completions fixed in the data (blocks of the global batch), so both layouts score the same pairs
+    data = prepare_kto_dataset(_pairs(STEPS * GLOBAL_BATCH // 2), tokenizer, max_length=64, kl_block=GLOBAL_BATCH)
+    model, reference = load_causal_lm(path), load_causal_lm(path)
+    noise = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # reference != policy, so that z0 > 0 from the first step
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=noise))
+    args = KTOConfig(output_dir=out, per_device_train_batch_size=per_device, learning_rate=1.0, beta=0.5, max_length=64, **SGD)
+    trainer = KTOTrainer(model=model, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    kls = [log["kl"] for log in trainer.state.log_history if "kl" in log]
+    assert kls[0] > 0.01, kls  # the reference point is in play
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+TRAINERS = {"sft": train_sft, "reward": train_reward, "dpo": train_dpo, "kto": train_kto, "ppo": train_ppo,
+            "ppo_step": train_ppo_step}  # fmt: skip
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
-"""Every field of TRL 1.16's SFTConfig, DPOConfig, RewardConfig and TRL 1.12's PPOConfig is accepted by ours.
+"""Every field of TRL 1.16's SFTConfig, DPOConfig, RewardConfig, KTOConfig and TRL 1.12's PPOConfig is accepted by
+ours.
 
 TRL's dataclass fields are read in a subprocess (TRL 1.16 from the venv: the `bench` extra; TRL 1.12 from
 ``.venv/trl112``, where the Makefile installs it with ``pip --target``), so neither version is imported here and
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainingArguments
 
-from rlhf_core import DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from rlhf_core import DPOConfig, KTOConfig, PPOConfig, RewardConfig, SFTConfig
 from rlhf_core.trainers.config_defaults import unimplemented_table
 
 TRL112 = (
@@ -69,7 +70,7 @@ def _trl116() -> dict:
     pytest.importorskip(
         "trl", reason="TRL 1.16 is not installed (the `bench` extra; `make test` installs it)"
     )
-    return trl_fields("", "trl", "SFTConfig", "DPOConfig", "RewardConfig")
+    return trl_fields("", "trl", "SFTConfig", "DPOConfig", "RewardConfig", "KTOConfig")
 
 
 def _trl112() -> dict:
@@ -105,6 +106,15 @@ IMPLEMENTED = {
         "eos_token": "<|end|>",
         "chat_template_path": "x",
         "pad_to_multiple_of": 8,
+    },
+    KTOConfig: {
+        "loss_type": "apo_zero_unpaired",
+        "desirable_weight": 1.33,
+        "undesirable_weight": 0.5,
+        "pad_to_multiple_of": 8,
+        "precompute_ref_log_probs": True,
+        "trust_remote_code": True,
+        "router_aux_loss_coef": 0.0,  # no MoE loss: the only other value accepted (a non-zero one raises)
     },
     PPOConfig: {
         "num_sample_generations": 3,
@@ -148,10 +158,10 @@ def check_parity(ours: type, trl_defaults: dict, tmp_path) -> None:
         assert getattr(ours(**base, **{name: value}), name) == value
 
 
-def test_trl_116_sft_dpo_reward_fields(tmp_path):
+def test_trl_116_sft_dpo_reward_kto_fields(tmp_path):
     dump = _trl116()
     assert dump["version"].startswith("1.16")
-    for ours in (SFTConfig, DPOConfig, RewardConfig):
+    for ours in (SFTConfig, DPOConfig, RewardConfig, KTOConfig):
         check_parity(ours, dump["classes"][ours.__name__], tmp_path)
 
 

@@ -1,19 +1,15 @@
-"""KTO data preparation: TRL's dataset formats, unpairing, mismatched completions, the length policy, the collator,
-the whole shared HH-RLHF file, and TRL 1.16 KTOConfig field parity."""
+"""KTO data preparation: TRL's dataset formats, unpairing, mismatched completions, the length policy, the collator and
+the whole shared HH-RLHF file (TRL 1.16 KTOConfig field parity: tests/rlhf_core/trainers/test_trl_field_parity.py)."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
 from datasets import Dataset
-from transformers import TrainingArguments
 
 from rlhf_core.data.hh_rlhf import default_hh_rlhf_path, load_hh_rlhf
 from rlhf_core.data.synthetic import SyntheticTask
 from rlhf_core.models.loading import load_tokenizer
-from rlhf_core.trainers.preference.kto_config import KTOConfig
 from rlhf_core.trainers.preference.kto_data import UnpairedCollator, prepare_kto_dataset
 
 
@@ -122,6 +118,9 @@ def test_length_policy_truncates_or_drops_and_keeps_the_prompt_end(tokenizer):
     assert truncated[1] == prepare_kto_dataset(data, tokenizer, max_length=None)[1]
     dropped = prepare_kto_dataset(data, tokenizer, max_length=32, overlong="drop")
     assert dropped["label"] == [False]
+    short_prompts = prepare_kto_dataset(data, tokenizer, max_length=None, max_prompt_length=5)
+    assert short_prompts[0]["prompt_ids"] == ids(tokenizer, long_prompt)[-5:]  # rlhf-tiny strings have no bos
+    assert short_prompts[1]["prompt_ids"] == ids(tokenizer, "short")
 
 
 def test_tokenised_datasets_pass_through_and_get_mismatched_completions(tokenizer):
@@ -180,37 +179,3 @@ def test_the_whole_hh_rlhf_file_through_kto_preparation(tokenizer):
     same_prompt = sum(kl_from[i] == out["completion_ids"][j] and prompts[i] == prompts[j]
                       for i in range(len(out)) for j in (i - 4, i + 4) if 0 <= j < len(out))  # fmt: skip
     assert same_prompt == 0  # no mismatched completion is the other answer of its own pair
-
-
-def test_every_trl_kto_config_field_is_accepted_or_refused_by_name():
-    trl = pytest.importorskip("trl")
-    base = {f.name for f in dataclasses.fields(TrainingArguments)}
-    ours = {f.name: f for f in dataclasses.fields(KTOConfig)}
-    theirs = [f for f in dataclasses.fields(trl.KTOConfig) if f.name not in base]
-    assert theirs and not [f.name for f in theirs if f.name not in ours]
-    ok = dict(output_dir="out", per_device_train_batch_size=2)
-    for f in theirs:
-        KTOConfig(**ok, **{f.name: _default(f)})  # the default always works
-    changed = {"activation_offloading": True, "sync_ref_model": True, "ref_model_mixup_alpha": 0.5,
-               "ref_model_sync_steps": 64, "router_aux_loss_coef": 0.01}  # fmt: skip
-    for name, value in changed.items():
-        with pytest.raises(NotImplementedError, match=f"KTOConfig.{name}="):
-            KTOConfig(**ok, **{name: value})
-    works = {"loss_type": "apo_zero_unpaired", "beta": 0.3, "desirable_weight": 1.33, "undesirable_weight": 0.5,
-             "max_length": 256, "pad_to_multiple_of": 8, "precompute_ref_log_probs": True,
-             "precompute_ref_batch_size": 16, "disable_dropout": False, "dataset_num_proc": 2,
-             "model_init_kwargs": {"dtype": "float32"}, "trust_remote_code": True, "router_aux_loss_coef": 0.0,
-             "learning_rate": 5e-7, "train_sampling_strategy": "sequential"}  # fmt: skip
-    assert set(works) | set(changed) >= {f.name for f in theirs} - {
-        "logging_steps",
-        "gradient_checkpointing",
-        "bf16",
-    }
-    for name, value in works.items():
-        assert getattr(KTOConfig(**ok, **{name: value}), name) == value
-
-
-def _default(f):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory()

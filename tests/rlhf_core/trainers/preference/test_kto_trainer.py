@@ -269,6 +269,10 @@ def test_bad_rows_and_arguments_get_clear_errors(tokenizer):
         config(loss_type="bco")
     with pytest.raises(ValueError, match="beta must be > 0"):
         config(beta=0.0)
+    with pytest.raises(NotImplementedError, match="KTOConfig.router_aux_loss_coef=0.01 is not implemented"):
+        config(router_aux_loss_coef=0.01)
+    with pytest.raises(NotImplementedError, match="quantization_config"):
+        KTOTrainer(model="rlhf-tiny", args=config(), train_dataset=bad, quantization_config=object())
     model = load_causal_lm("rlhf-tiny")
     with pytest.raises(ValueError, match="ref_model is the policy"):
         KTOTrainer(model=model, ref_model=model, args=config(), train_dataset=bad, tokenizer=tokenizer)
