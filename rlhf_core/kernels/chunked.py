@@ -25,6 +25,7 @@ nothing), and so are rows whose upstream gradient is exactly 0 in backward.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +34,7 @@ from rlhf_core.kernels.row_softmax import RowSoftmaxOps, RowStats
 __all__ = [
     "LinearCrossEntropyFunction",
     "LinearLogprobsFunction",
+    "OpSpec",
     "accumulation_dtype",
     "default_chunk_size",
     "grad_needs",
@@ -249,6 +251,19 @@ def grad_needs(
     return (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
 
 
+@dataclass(frozen=True)
+class OpSpec:
+    """Everything of one call but the tensors: the row backend, which inputs get gradients, and the options."""
+
+    ops: RowSoftmaxOps
+    needs: tuple[bool, bool, bool]
+    ignore_index: int = -100
+    temperature: float = 1.0
+    chunk_size: int | None = None
+    return_entropy: bool = False  # log-probs: also the per-token entropy
+    reduction: str = "mean"  # cross-entropy: "mean" or "sum"
+
+
 class LinearLogprobsFunction(torch.autograd.Function):
     """``(logps [N], entropy [N] detached or empty)`` in fp32 (fp64 for fp64 inputs).
 
@@ -259,25 +274,14 @@ class LinearLogprobsFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        labels: torch.Tensor,
-        ignore_index: int,
-        temperature: float,
-        chunk_size: int | None,
-        return_entropy: bool,
-        ops: RowSoftmaxOps,
-        needs: tuple[bool, bool, bool],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx, hidden, weight, bias, labels, spec: OpSpec):  # type: ignore[override]  # (logps, entropy)
+        ignore_index, chunk_size, ops = spec.ignore_index, spec.chunk_size, spec.ops
         rows = _TokenRows.where(labels != ignore_index, labels)
-        inv_t = 1.0 / temperature
+        inv_t = 1.0 / spec.temperature
         logp = hidden.new_empty(len(rows), dtype=accumulation_dtype(hidden.dtype))
         lse = torch.empty_like(logp)
-        entropy = torch.empty_like(logp) if return_entropy else None
-        eager = needs == (True, False, False)
+        entropy = torch.empty_like(logp) if spec.return_entropy else None
+        eager = spec.needs == (True, False, False)
         direction = logp.new_empty((len(rows), hidden.shape[1])) if eager else None
         for start, end, _, targets, logits in _chunks(rows, hidden, weight, bias, inv_t, chunk_size):
             out = RowStats(logp[start:end], lse[start:end], None if entropy is None else entropy[start:end])
@@ -297,7 +301,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
         hidden, weight, bias, lse, index, targets, direction = ctx.saved_tensors
         rows = _TokenRows(index, targets, ctx.n_total)
         coef = rows.gather(grad_logp.to(lse.dtype)) * ctx.inv_t
-        nones = (None,) * 7
+        nones = (None, None)  # labels, spec
         if direction is not None:
             grad_hidden = torch.zeros_like(hidden)
             rows.write_rows(grad_hidden, 0, len(rows), direction * coef.unsqueeze(1))
@@ -317,23 +321,12 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     """Scalar cross-entropy (``mean`` over non-ignored tokens, or ``sum``) with gradients computed in forward."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx,
-        hidden: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        labels: torch.Tensor,
-        ignore_index: int,
-        temperature: float,
-        chunk_size: int | None,
-        reduction: str,
-        ops: RowSoftmaxOps,
-        needs: tuple[bool, bool, bool],
-    ) -> torch.Tensor:
+    def forward(ctx, hidden, weight, bias, labels, spec: OpSpec):  # type: ignore[override]  # scalar loss
+        ignore_index, chunk_size, ops, needs = spec.ignore_index, spec.chunk_size, spec.ops, spec.needs
         rows = _TokenRows.where(labels != ignore_index, labels)
-        n, inv_t = len(rows), 1.0 / temperature
+        n, inv_t = len(rows), 1.0 / spec.temperature
         # mean over zero tokens is 0/0 = nan, as in torch.nn.functional.cross_entropy.
-        scale = (1.0 / n if n else float("nan")) if reduction == "mean" else 1.0
+        scale = (1.0 / n if n else float("nan")) if spec.reduction == "mean" else 1.0
         grads = _GradBuffers(hidden, weight, bias, needs, rows) if any(needs) else None
         logp = hidden.new_empty(n, dtype=accumulation_dtype(hidden.dtype))
         lse = torch.empty_like(logp)
@@ -359,4 +352,4 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             float(grad_loss) != 1.0
         ):  # e.g. the trainer's 1 / tokens: scaled in place, these buffers are ours alone
             grads = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads)
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None)  # labels, spec

@@ -11,11 +11,12 @@ Imports go one way: this module imports the chunk driver (``chunked``) and the p
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
 from rlhf_core.kernels._triton_row_softmax import TritonRowSoftmax, check_triton_device, triton_available
-from rlhf_core.kernels.chunked import LinearCrossEntropyFunction, LinearLogprobsFunction, grad_needs
+from rlhf_core.kernels.chunked import LinearCrossEntropyFunction, LinearLogprobsFunction, OpSpec, grad_needs
 from rlhf_core.kernels.input_checks import check_linear_inputs, check_reduction
 from rlhf_core.kernels.row_softmax import RowSoftmaxOps, TorchRowSoftmax
 
@@ -57,22 +58,14 @@ def _autocast_inputs(
     return cast[0], cast[1], cast[2]
 
 
-def _apply(function: type[torch.autograd.Function], hidden, weight, labels, bias, options: dict, backend):
-    """Validate, then run ``function`` on the flattened ``[N, H]`` rows with autocast off.
-
-    ``options`` are the function's arguments after ``labels`` (``ignore_index``, ``temperature``,
-    ``chunk_size`` and the op's own flag), in its order.
-    """
+def _apply(function: type[torch.autograd.Function], hidden, weight, labels, bias, backend, **options: Any):
+    """Validate, then run ``function`` on the flattened ``[N, H]`` rows with autocast off (``options``: `OpSpec`'s)."""
     hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
-    check_linear_inputs(hidden, weight, labels, bias, **{k: options[k] for k in _CHECKED})
-    ops = _row_ops(hidden, backend)
-    needs = grad_needs(hidden, weight, bias)
+    checked = {k: options[k] for k in ("ignore_index", "chunk_size", "temperature")}
+    check_linear_inputs(hidden, weight, labels, bias, **checked)
+    spec = OpSpec(_row_ops(hidden, backend), grad_needs(hidden, weight, bias), **options)
     with torch.autocast(hidden.device.type, enabled=False):
-        flat = (hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1))
-        return function.apply(*flat, *options.values(), ops, needs)
-
-
-_CHECKED = ("ignore_index", "chunk_size", "temperature")
+        return function.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1), spec)
 
 
 def fused_linear_logprobs(
@@ -96,9 +89,8 @@ def fused_linear_logprobs(
     V]`` fp32 chunk at a time; ``chunk_size=None`` picks one, see ``chunked.default_chunk_size``).
     ``temperature`` divides the logits, as PPO does for sampling-consistent log-probs.
     """
-    options = dict(ignore_index=ignore_index, temperature=temperature, chunk_size=chunk_size,
-                   return_entropy=return_entropy)  # fmt: skip
-    logps, entropy = _apply(LinearLogprobsFunction, hidden, weight, labels, bias, options, backend)
+    logps, entropy = _apply(LinearLogprobsFunction, hidden, weight, labels, bias, backend, ignore_index=ignore_index,
+                            temperature=temperature, chunk_size=chunk_size, return_entropy=return_entropy)  # fmt: skip
     if return_entropy:
         return logps.view(labels.shape), entropy.view(labels.shape)
     return logps.view(labels.shape)
@@ -129,6 +121,5 @@ def fused_linear_cross_entropy(
         logps = fused_linear_logprobs(hidden, weight, labels, bias, chunk_size=chunk_size,
                                       ignore_index=ignore_index, temperature=temperature, backend=backend)  # fmt: skip
         return -logps
-    options = dict(ignore_index=ignore_index, temperature=temperature, chunk_size=chunk_size,
-                   reduction=reduction)  # fmt: skip
-    return _apply(LinearCrossEntropyFunction, hidden, weight, labels, bias, options, backend)
+    return _apply(LinearCrossEntropyFunction, hidden, weight, labels, bias, backend, ignore_index=ignore_index,
+                  temperature=temperature, chunk_size=chunk_size, reduction=reduction)  # fmt: skip

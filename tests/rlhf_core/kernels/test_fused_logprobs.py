@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf_core.kernels import chunked, fused_linear_logprobs
-from rlhf_core.kernels.chunked import LinearLogprobsFunction, grad_needs
+from rlhf_core.kernels.chunked import LinearLogprobsFunction, OpSpec, grad_needs
 from rlhf_core.kernels.reference import naive_linear_logprobs
 from rlhf_core.kernels.row_softmax import TorchRowSoftmax
 
@@ -164,8 +164,8 @@ def test_fp64_gradcheck(frozen_head):
     labels = torch.tensor([0, 3, -100, 10, 5, -100, 1])
 
     def fn(h, w, b):
-        needs = grad_needs(h, w, b)
-        return LinearLogprobsFunction.apply(h, w, b, labels, -100, 0.9, 3, False, TorchRowSoftmax(), needs)[0]
+        spec = OpSpec(TorchRowSoftmax(), grad_needs(h, w, b), temperature=0.9, chunk_size=3)
+        return LinearLogprobsFunction.apply(h, w, b, labels, spec)[0]
 
     assert torch.autograd.gradcheck(fn, (hidden, weight, bias))
 
