@@ -13,6 +13,8 @@ from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["DPOConfig"]
 
+# TRL 1.16 loss_type values without an implementation here (NotImplementedError rather than "unknown").
+_TRL_ONLY_LOSSES = ("aot", "aot_unpaired", "discopop", "sigmoid_norm")
 # TRL 1.16 DPOConfig fields accepted at their default only (a non-default value raises NotImplementedError).
 DPO_UNIMPLEMENTED = {
     "trust_remote_code": Unimplemented(
@@ -160,6 +162,12 @@ class DPOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
             self.loss_type = [self.loss_type]
         self.loss_type = list(self.loss_type)
         unknown = [name for name in self.loss_type if name not in DPO_LOSSES]
+        trl_only = [name for name in unknown if name in _TRL_ONLY_LOSSES]
+        if trl_only:
+            raise NotImplementedError(
+                f"DPOConfig.loss_type={self.loss_type!r}: TRL's {trl_only} is not implemented; the DPO losses here "
+                f"are {sorted(DPO_LOSSES)}"
+            )
         if not self.loss_type or unknown:
             raise ValueError(f"loss_type {self.loss_type}: unknown {unknown}; known: {sorted(DPO_LOSSES)}")
         if self.loss_weights is not None:

@@ -142,6 +142,11 @@ class SFTConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
         self._resolve_max_length()
         if self.overlong not in _OVERLONG:
             raise ValueError(f"SFTConfig.overlong must be one of {_OVERLONG}, got {self.overlong!r}")
+        if self.packing_strategy in ("bfd_split", "wrapped"):  # TRL 1.16's other strategies
+            raise NotImplementedError(
+                f"SFTConfig.packing_strategy={self.packing_strategy!r} is not implemented: 'bfd' (whole documents, "
+                "never split, documents never attend to each other) is the packing here"
+            )
         if self.packing_strategy not in _PACKING_STRATEGIES:
             raise ValueError(
                 f"SFTConfig.packing_strategy must be one of {_PACKING_STRATEGIES}, got {self.packing_strategy!r}"

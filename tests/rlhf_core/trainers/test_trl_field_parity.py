@@ -173,6 +173,14 @@ def test_trl_112_ppo_fields(tmp_path):
     assert PPOConfig(output_dir=str(tmp_path)).world_size == 1
 
 
+def test_trl_values_without_an_implementation_raise_not_implemented(tmp_path):
+    for loss in ("aot", "discopop", "sigmoid_norm"):
+        with pytest.raises(NotImplementedError, match=f"TRL's \\['{loss}'\\] is not implemented"):
+            DPOConfig(output_dir=str(tmp_path), loss_type=["sigmoid", loss])
+    with pytest.raises(NotImplementedError, match="packing_strategy='wrapped' is not implemented"):
+        SFTConfig(output_dir=str(tmp_path), packing=True, packing_strategy="wrapped")
+
+
 def test_unimplemented_fields_are_parsed_from_a_command_line(tmp_path):
     """TRL scripts parse configs with HfArgumentParser / TrlParser: the declared fields take part."""
     from transformers import HfArgumentParser

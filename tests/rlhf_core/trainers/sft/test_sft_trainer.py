@@ -69,7 +69,7 @@ def test_config_rejects_unknown_policies():
     with pytest.raises(ValueError, match="overlong"):
         SFTConfig(output_dir="o", overlong="cut")
     with pytest.raises(ValueError, match="packing_strategy"):
-        SFTConfig(output_dir="o", packing_strategy="wrapped")
+        SFTConfig(output_dir="o", packing_strategy="ffd")
 
 
 def _first_batch(trainer):
