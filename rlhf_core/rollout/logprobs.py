@@ -15,7 +15,7 @@ from torch import nn
 
 from rlhf_core.data.collators import IGNORE_INDEX
 from rlhf_core.kernels import fused_linear_logprobs
-from rlhf_core.models.lm_head import lm_head_of
+from rlhf_core.models.lm_head import is_plain_linear, lm_head_of
 from rlhf_core.models.value_head import backbone
 from rlhf_core.rollout.generation import position_ids_from_mask
 
@@ -104,7 +104,7 @@ def token_logprobs(
     ``modules_to_save`` copy) is applied as the module it is, so the log-probs use the same effective head as
     sampling does (its ``.weight`` would be the base weight).
     """
-    if type(lm_head) is not nn.Linear:
+    if not is_plain_linear(lm_head):
         return _module_head_logprobs(hidden, lm_head, labels, mask, temperature, return_entropy)
     batch, length, width = hidden.shape
     flat_labels = labels.masked_fill(mask == 0, IGNORE_INDEX).reshape(-1)

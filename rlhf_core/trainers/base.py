@@ -44,7 +44,7 @@ from rlhf_core.trainers.model_setup import (
     resolve_processing_class_alias,
 )
 
-__all__ = ["NonFiniteLossError", "TokenNormalisedTrainer"]
+__all__ = ["NonFiniteLossError", "TokenNormalisedTrainer", "last_checkpoint"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -241,7 +241,7 @@ class TokenNormalisedTrainer(Trainer):
             known = [r for rows in self._micro_batch_rows if rows for r in rows]
             rows = known or None
             where = f"the {max(n_micro, 1)} micro-batch(es) of this step, {describe_rows(rows)}"
-        last = _last_checkpoint(self.args.output_dir)
+        last = last_checkpoint(self.args.output_dir)
         # Drop the poisoned gradients so the in-memory model can still be used or saved as it was.
         self.model.zero_grad(set_to_none=True)
         message = (
@@ -267,7 +267,8 @@ def _pop_row_ids(batch: Any) -> list[int] | None:
     return None
 
 
-def _last_checkpoint(output_dir: str | None) -> str | None:
+def last_checkpoint(output_dir: str | None) -> str | None:
+    """The newest ``checkpoint-*`` folder in ``output_dir``, or None (no folder, or none saved yet)."""
     if not output_dir or not os.path.isdir(output_dir):
         return None
     return get_last_checkpoint(output_dir)

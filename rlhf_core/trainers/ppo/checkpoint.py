@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from rlhf_core.trainers.base import last_checkpoint
 
 __all__ = ["PPOCheckpointMixin", "prompt_batches"]
 
@@ -72,9 +74,7 @@ class PPOCheckpointMixin:
     def _resume(self, checkpoint: str | bool) -> int:
         """Load weights, optimizer, scheduler, RNG and trainer state; returns the number of updates done."""
         if checkpoint is True:
-            checkpoint = (
-                get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-            )
+            checkpoint = last_checkpoint(self.args.output_dir)
             if checkpoint is None:
                 raise ValueError(
                     f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint"

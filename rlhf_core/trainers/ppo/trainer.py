@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerState
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import TrainOutput
 
 from rlhf_core.data.collators import PromptCollator
 from rlhf_core.data.tokenization import tokenize_prompts
@@ -46,7 +45,7 @@ from rlhf_core.models.pad_token import ensure_pad_token
 from rlhf_core.models.reference import create_reference_model
 from rlhf_core.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_core.rollout.scoring import RewardFn
-from rlhf_core.trainers.base import NonFiniteLossError
+from rlhf_core.trainers.base import NonFiniteLossError, last_checkpoint
 from rlhf_core.trainers.model_setup import (
     apply_peft,
     is_peft_model,
@@ -332,7 +331,7 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
     def _stop_nonfinite(self, what: str, value: float, micro_batch: int | None) -> None:
         self.model.zero_grad(set_to_none=True)
         step = self.state.global_step + 1
-        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        last = last_checkpoint(self.args.output_dir)
         where = f"micro-batch {micro_batch + 1}" if micro_batch is not None else "the accumulated gradient"
         raise NonFiniteLossError(
             f"Non-finite PPO {what} ({value}) at update {step} ({where}, episodes {self.state.episode + 1}-"
