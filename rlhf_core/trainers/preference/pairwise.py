@@ -1,4 +1,4 @@
-"""PairwiseTrainer: what the preference trainers on it (RewardTrainer, DPOTrainer) share, written once.
+"""PairwiseTrainer: what the preference trainers on it (RewardTrainer, DPOTrainer, KTOTrainer) share, once.
 
 The TRL-style constructor (model object or name/path, ``tokenizer=`` alias, pad token, dropout, the length policy,
 datasets tokenised or raw), ``compute_loss`` normalised by the accumulated batch's pairs, loss-unit counting,
