@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +77,9 @@ class Family:
     suffix: tuple[str, ...] = ()
     chat_template: str | None = None
     wordpiece: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self) -> dict[str, Any]:
-        fields = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        return {"version": RECIPE_VERSION, "seed": SEED, "vocab": VOCAB_SIZE, **fields, "extra": self.extra}
+        return {"version": RECIPE_VERSION, "seed": SEED, "vocab": VOCAB_SIZE, **self.__dict__}
 
 
 _DECODER = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, **_LAYERS}
