@@ -23,7 +23,7 @@ from tasks.stage_tasks import TRAINING_TASKS, evaluate, prepare_data, register
 from tasks.tracking import runs as tracking
 from tasks.tracking.check import ensure_tracking_reachable, redact_secrets
 
-__all__ = ["rlhf_pipeline"]
+__all__ = ["config_digest", "flow_run_name", "rlhf_pipeline"]
 
 
 def _job(
@@ -56,6 +56,21 @@ def _run_stage(job: StageJob, refresh: bool) -> StageResult:
     return result
 
 
+def config_digest(config: PipelineConfig) -> str:
+    return short(digest_of(config.model_dump(mode="json")))
+
+
+def flow_run_name() -> str:
+    """``<config name>-<config digest, 8 hex>``: runs of one config share a name in the Prefect UI, and a changed
+    config shows as another name (the MLflow parent run carries the same digest as ``rlhf.config_digest``)."""
+    from prefect.context import FlowRunContext
+
+    config = FlowRunContext.get().parameters["config"]
+    if not isinstance(config, PipelineConfig):
+        config = PipelineConfig.model_validate(config)
+    return f"{config.name}-{config_digest(config)[:8]}"
+
+
 def _publish(summary: PipelineSummary) -> None:
     """Prefect artifacts: a link to the MLflow parent run and the stage table."""
     create_link_artifact(
@@ -71,7 +86,7 @@ def _publish(summary: PipelineSummary) -> None:
     )
 
 
-@flow(name="rlhf-pipeline", validate_parameters=True)
+@flow(name="rlhf-pipeline", flow_run_name=flow_run_name, validate_parameters=True)
 def rlhf_pipeline(config: PipelineConfig, refresh: bool = False) -> PipelineSummary:
     """SFT -> reward model -> DPO and/or PPO -> evaluation -> registry, tracked in MLflow.
 
@@ -84,7 +99,7 @@ def rlhf_pipeline(config: PipelineConfig, refresh: bool = False) -> PipelineSumm
         "prefect.flow_run_id": str(runtime.flow_run.id or ""),
         "prefect.flow_run_name": str(runtime.flow_run.name or ""),
         "rlhf.role": "pipeline",
-        "rlhf.config_digest": short(digest_of(config.model_dump(mode="json"))),
+        "rlhf.config_digest": config_digest(config),
     }
     with tracking.parent_run(config.tracking.experiment_name, config.name, tags) as parent:
         tracking.log_dict(

@@ -19,7 +19,6 @@ from prefect import task
 from tasks.config import EvaluationSettings, PipelineConfig
 from tasks.digests import digest_of
 from tasks.evaluation import evaluate_policies, sample_rows
-from tasks.model_registry import choose_policy, register_policy
 from tasks.prepare import load_prompts, materialise_data
 from tasks.results import (
     EvaluationResult,
@@ -28,9 +27,11 @@ from tasks.results import (
     StageResult,
     TrainOutcome,
 )
+from tasks.stage_logging import log_stage_end, log_stage_reused, log_stage_start, stage_logger
 from tasks.stage_registry import STAGES, preference_stages
 from tasks.stage_specs import PipelinePlan, StageJob, StagePlan
 from tasks.tracking import runs as tracking
+from tasks.tracking.model_registry import choose_policy, register_policy
 from tasks.training.launch import train_stage
 from tasks.training.run import resolve_trainer_config
 
@@ -113,28 +114,39 @@ def _samples(job: StageJob, policy: str, reward_model: str | None, name: str) ->
     return time.perf_counter() - start
 
 
+def _train_or_reuse(
+    job: StageJob, run_id: str, trainer_config: Any, logger: Any
+) -> tuple[TrainOutcome, float]:
+    """The stage's finished outcome when its folder holds one (and no refresh), else train it now."""
+    plan = job.plan
+    outcome = None if job.refresh else _finished_outcome(plan)
+    if outcome is not None:
+        tracking.set_tags(run_id, {"rlhf.reused_checkpoint": outcome.final_dir})
+        log_stage_reused(logger, plan.stage, outcome.final_dir)
+        return outcome, 0.0
+    start = time.perf_counter()
+    spec = plan.spec.model_copy(
+        update={"mlflow_run_id": run_id, "tracking_uri": tracking.configure_tracking()}
+    )
+    outcome = train_stage(spec, job.scale_out, trainer_config)
+    return outcome, time.perf_counter() - start
+
+
 def run_training_job(job: StageJob) -> StageResult:
     """Open the stage's run, log inputs and 'before' samples, train (or reuse), log model and 'after' samples."""
     wall = time.perf_counter()
-    plan, spec = job.plan, job.plan.spec
+    plan, spec, logger = job.plan, job.plan.spec, stage_logger()
     is_reward = STAGES[spec.stage].produces == "reward_model"
     trainer_config = resolve_trainer_config(spec)  # once per stage: logged here, trained with below
     with (
         _stage_lock(Path(spec.stage_dir)),
         tracking.stage_run(job.parent_run_id, spec.stage, tags={"rlhf.digest": plan.digest}) as run_id,
     ):
+        link = tracking.run_url(run_id)
+        log_stage_start(logger, job, trainer_config, link)
         _log_stage_inputs(job, trainer_config)
         work = _samples(job, plan.input_policy, plan.sample_reward_model, "before")
-        outcome = None if job.refresh else _finished_outcome(plan)
-        if outcome is not None:
-            tracking.set_tags(run_id, {"rlhf.reused_checkpoint": outcome.final_dir})
-        else:
-            start = time.perf_counter()
-            spec = spec.model_copy(
-                update={"mlflow_run_id": run_id, "tracking_uri": tracking.configure_tracking()}
-            )
-            outcome = train_stage(spec, job.scale_out, trainer_config)
-            work += time.perf_counter() - start
+        outcome, train_wall = _train_or_reuse(job, run_id, trainer_config, logger)
         model_uri = None
         if job.log_models:
             model_uri = tracking.log_checkpoint_model(
@@ -144,11 +156,11 @@ def run_training_job(job: StageJob) -> StageResult:
             )
         after_policy = plan.input_policy if is_reward else outcome.final_dir
         after_rm = outcome.final_dir if is_reward else plan.sample_reward_model
-        work += _samples(job, after_policy, after_rm, "after")
+        work += train_wall + _samples(job, after_policy, after_rm, "after")
         tracking.log_metrics(
             run_id, {"stage_train_seconds": outcome.train_seconds, "stage_work_seconds": work}
         )
-    return StageResult(
+    result = StageResult(
         stage=spec.stage,
         digest=plan.digest,
         model_dir=outcome.final_dir,
@@ -162,6 +174,8 @@ def run_training_job(job: StageJob) -> StageResult:
         resumed_from=outcome.resumed_from,
         metrics=outcome.metrics,
     )
+    log_stage_end(logger, result, link)
+    return result
 
 
 def _training_task(stage: str):

@@ -10,6 +10,7 @@ valid. A config error cancels both: no server is left running and no ``mlflow.db
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from typing import Any
@@ -72,8 +73,13 @@ class LocalPrefectApi:
             self._cancelled = True
             server = self._server
         if server is not None:
-            with contextlib.suppress(Exception):
-                server.stop()
+            quiet = logging.getLogger("prefect")  # its "Stopping temporary server" line: a server nobody used
+            level, quiet.level = quiet.level, logging.WARNING
+            try:
+                with contextlib.suppress(Exception):
+                    server.stop()
+            finally:
+                quiet.level = level
 
 
 class TrackingStore:

@@ -26,6 +26,7 @@ from mlflow.utils.time import get_current_time_millis
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
+    "attached_run",
     "callback_environment",
     "configure_tracking",
     "log_checkpoint_model",
@@ -133,6 +134,20 @@ def callback_environment() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def attached_run(run_id: str, tracking_uri: str | None = None) -> Iterator[None]:
+    """Make an existing run active in this process (rank 0 of a launched stage), so the trainer's MLflow callback
+    logs into it. Leaving marks it FINISHED (FAILED on an error); the pipeline's process then logs the model and
+    samples into it and sets the stage's final status itself."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    with callback_environment(), mlflow.start_run(run_id=run_id):
+        try:
+            yield
+        finally:
+            mlflow.flush_async_logging()
 
 
 @contextlib.contextmanager

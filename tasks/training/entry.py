@@ -29,17 +29,9 @@ def train_as_rank(
     """Train ``spec`` as process ``rank`` of the stage (every rank trains; rank 0 alone logs to MLflow)."""
     with contextlib.ExitStack() as stack:
         if rank == 0 and spec.mlflow_run_id:
-            import mlflow
+            from tasks.tracking.runs import attached_run
 
-            from tasks.tracking.runs import callback_environment
-
-            if spec.tracking_uri:
-                mlflow.set_tracking_uri(spec.tracking_uri)
-            stack.enter_context(callback_environment())
-            stack.enter_context(mlflow.start_run(run_id=spec.mlflow_run_id))
-            # Leaving the run marks it FINISHED (FAILED on an error); the pipeline's process then logs the model
-            # and samples into it and sets the stage's final status itself.
-            stack.callback(mlflow.flush_async_logging)
+            stack.enter_context(attached_run(spec.mlflow_run_id, spec.tracking_uri))
         return run_stage_training(spec, callbacks=callbacks, resume_from=resume_from)
 
 

@@ -3,6 +3,7 @@ registry, caching of unchanged stages, and a failing stage failing the flow and 
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import mlflow
@@ -111,6 +112,42 @@ def test_prefect_artifacts(first_run):
         in table.data
     )
     assert "| ppo |" in table.data
+
+
+def _prefect_logs(flow_run_id: str) -> list[str]:
+    import asyncio
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)  # logs are sent in batches
+
+    async def read():
+        async with get_client() as client:
+            flow_runs = LogFilterFlowRunId(any_=[UUID(flow_run_id)])
+            return await client.read_logs(log_filter=LogFilter(flow_run_id=flow_runs))
+
+    return [log.message for log in asyncio.run(read())]
+
+
+def test_flow_run_is_named_after_the_config_and_each_stage_logs_its_story(first_run):
+    parent = MlflowClient().get_run(first_run.parent_run_id)
+    digest = parent.data.tags["rlhf.config_digest"]
+    assert parent.data.tags["prefect.flow_run_name"] == f"tiny-{digest[:8]}"
+    messages = _prefect_logs(parent.data.tags["prefect.flow_run_id"])
+    for stage in TRAINING:
+        result = first_run.stages[stage]
+        (start,) = [m for m in messages if m.startswith(f"{stage}: starts from ")]
+        (end,) = [m for m in messages if m.startswith(f"{stage}: done at step {result.global_step} ")]
+        assert result.run_id in start and result.run_id in end  # the MLflow run link
+        assert " rows from synthetic(" in start and re.search(
+            r", \d+ (steps?|episodes|epochs) \(batch ", start
+        )
+        assert "final metrics: " in end and "train_runtime=" in end
+    (ppo,) = [m for m in messages if m.startswith("ppo: starts from ")]
+    assert "rollouts scored by the reward model " + first_run.stages["reward"].model_dir in ppo
 
 
 def test_unchanged_stage_is_reused_and_a_deleted_checkpoint_retrained(first_run, tiny_config):

@@ -7,9 +7,9 @@ from mlflow.tracking import MlflowClient
 
 from tasks.config import ChampionRule
 from tasks.evaluation import win_rate
-from tasks.model_registry import choose_policy, register_policy
 from tasks.results import PolicyMetrics
 from tasks.tracking import runs as tracking
+from tasks.tracking.model_registry import choose_policy, register_policy
 
 
 @pytest.fixture(scope="module")
