@@ -43,11 +43,12 @@ def _ancestors(event: Any) -> list[str]:
 
 def category(name: str, ancestors: list[str]) -> str:
     """The category of an event's self time, from its name and its ancestors' names (innermost first)."""
-    if any(a.startswith("Optimizer.step") for a in ancestors):
+    scopes = [name, *ancestors]  # a scope's own time (its Python) belongs to it too
+    if any(a.startswith("Optimizer.step") for a in scopes):
         return "optimizer (AdamW)"
-    if any(a == COLLATION for a in ancestors) or name == COLLATION:
+    if COLLATION in scopes:
         return "data collation"
-    if any(head in a for a in [name, *ancestors] for head in FUSED_HEAD):
+    if any(head in a for a in scopes for head in FUSED_HEAD):
         return "fused LM head (its matmuls)" if name in MATMULS else "fused LM head (softmax and the rest)"
     if name in MATMULS:
         return "matmuls (transformer body)"
