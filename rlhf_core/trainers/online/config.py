@@ -21,9 +21,14 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin
+from rlhf_core.trainers.config_defaults import (
+    ConfigDefaultsMixin,
+    Unimplemented,
+    refuse_unimplemented,
+    unimplemented_fields,
+)
 
-__all__ = ["GRPOConfig", "OnlineConfig", "RLOOConfig"]
+__all__ = ["GRPO_UNIMPLEMENTED", "ONLINE_UNIMPLEMENTED", "GRPOConfig", "OnlineConfig", "RLOOConfig"]
 
 
 def _f(default: Any, text: str) -> Any:
@@ -32,29 +37,34 @@ def _f(default: Any, text: str) -> Any:
     return field(default=default, metadata={"help": text})
 
 
-# field -> (its default, why it is not implemented). A non-default value raises NotImplementedError.
-_NOT_IMPLEMENTED: dict[str, tuple[Any, str]] = {
-    "router_aux_loss_coef": (None, "mixture-of-experts router losses are not wired"),
-    "cast_lm_head_to_fp32": (False, "the fused log-prob kernel already accumulates in fp32"),
-    "num_generations_eval": (None, "evaluation with generations is not implemented (no eval loop)"),
-    "min_p": (None, "the sampler implements temperature, top-k and top-p only"),
-    "repetition_penalty": (1.0, "the sampler implements temperature, top-k and top-p only"),
-    "cache_implementation": (None, "generation uses the model's own dynamic KV cache"),
-    "use_vllm": (False, "generation runs on this project's KV-cache decode loop, not vLLM"),
-    "top_entropy_quantile": (1.0, "entropy masking needs differentiable entropies (they are detached here)"),
-    "entropy_coef": (0.0, "an entropy bonus needs differentiable entropies (they are detached here)"),
-    "use_adaptive_entropy": (False, "an entropy bonus needs differentiable entropies (they are detached here)"),
-    "max_tool_calling_iterations": (None, "tool calling is not implemented"),
-    "off_policy_mask_threshold": (None, "off-policy sequence masking is not implemented"),
-    "log_completions_hub_repo": (None, "completions are not uploaded anywhere (rlhf_core has no hub access)"),
-    "use_transformers_continuous_batching": (False, "generation runs on this project's KV-cache decode loop"),
-    "transformers_continuous_batching_config": (None, "generation runs on this project's KV-cache decode loop"),
-    "use_transformers_paged": (False, "generation runs on this project's KV-cache decode loop"),
-    "auto_find_batch_size": (False, "the generation batch must hold whole prompt groups"),
+_DECODE_LOOP = "generation runs on this project's KV-cache decode loop"
+_DETACHED_ENTROPY = "entropies are detached here (the fused kernel returns them without gradient)"
+
+# Fields of both TRL configs accepted at their default only: a non-default value raises NotImplementedError.
+ONLINE_UNIMPLEMENTED: dict[str, Unimplemented] = {
+    "router_aux_loss_coef": Unimplemented(None, "mixture-of-experts router losses are not wired", "float | None"),
+    "num_generations_eval": Unimplemented(None, "evaluation with generations is not implemented", "int | None"),
+    "min_p": Unimplemented(None, "use temperature, top_k or top_p", "float | None"),
+    "repetition_penalty": Unimplemented(1.0, "use temperature, top_k or top_p (or rlhf_core.rewards' repetition penalty)"),
+    "cache_implementation": Unimplemented(None, f"{_DECODE_LOOP} (the model's dynamic cache)", "str | None"),
+    "use_vllm": Unimplemented(False, _DECODE_LOOP),
+    "use_transformers_continuous_batching": Unimplemented(False, _DECODE_LOOP),
+    "transformers_continuous_batching_config": Unimplemented(None, _DECODE_LOOP, "dict | None"),
+    "use_transformers_paged": Unimplemented(False, _DECODE_LOOP),
+}
+GRPO_UNIMPLEMENTED: dict[str, Unimplemented] = {
+    "cast_lm_head_to_fp32": Unimplemented(False, "the fused log-prob kernel already accumulates in fp32"),
+    "top_entropy_quantile": Unimplemented(1.0, f"entropy masking is not implemented; {_DETACHED_ENTROPY}"),
+    "entropy_coef": Unimplemented(0.0, f"an entropy bonus is not implemented; {_DETACHED_ENTROPY}"),
+    "use_adaptive_entropy": Unimplemented(False, f"an entropy bonus is not implemented; {_DETACHED_ENTROPY}"),
+    "max_tool_calling_iterations": Unimplemented(None, "tool calling is not implemented", "int | None"),
+    "off_policy_mask_threshold": Unimplemented(None, "off-policy sequence masking is not implemented", "float | None"),
+    "log_completions_hub_repo": Unimplemented(None, "rlhf_core uploads nothing; use log_completions", "str | None"),
 }
 
 
 @dataclass
+@unimplemented_fields(ONLINE_UNIMPLEMENTED)
 class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
     """Fields GRPO and RLOO share (TRL 1.16's names and defaults; CPU-safe precision defaults)."""
 
@@ -106,16 +116,6 @@ class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
     vllm_gpu_memory_utilization: float = _f(0.3, "vLLM only.")
     vllm_max_model_length: int | None = _f(None, "vLLM only.")
     vllm_tensor_parallel_size: int = _f(1, "vLLM only.")
-    # ---- not implemented (non-default values raise) -------------------------------------------------------
-    router_aux_loss_coef: float | None = _f(None, "Not implemented.")
-    num_generations_eval: int | None = _f(None, "Not implemented.")
-    min_p: float | None = _f(None, "Not implemented.")
-    repetition_penalty: float = _f(1.0, "Not implemented.")
-    cache_implementation: str | None = _f(None, "Not implemented.")
-    use_vllm: bool = _f(False, "Not implemented.")
-    use_transformers_continuous_batching: bool = _f(False, "Not implemented.")
-    transformers_continuous_batching_config: dict | None = _f(None, "Not implemented.")
-    use_transformers_paged: bool = _f(False, "Not implemented.")
 
     def __post_init__(self) -> None:
         self._reject_unimplemented()
@@ -124,12 +124,12 @@ class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
         self._resolve_generation_batch()
 
     def _reject_unimplemented(self) -> None:
-        for name, (default, why) in _NOT_IMPLEMENTED.items():
-            if hasattr(self, name) and getattr(self, name) != default:
-                raise NotImplementedError(
-                    f"{type(self).__name__}.{name}={getattr(self, name)!r} is not implemented ({why}); "
-                    f"leave it at {default!r}"
-                )
+        refuse_unimplemented(self)  # before the value checks, so the message names the unimplemented field
+        if self.auto_find_batch_size:
+            raise NotImplementedError(
+                f"{type(self).__name__}.auto_find_batch_size=True is not implemented: the generation batch must "
+                "hold whole prompt groups; lower per_device_train_batch_size instead"
+            )
         if self.generation_kwargs:
             raise NotImplementedError(
                 f"{type(self).__name__}.generation_kwargs={self.generation_kwargs!r} is not implemented: use "
@@ -190,6 +190,7 @@ class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
 
 
 @dataclass
+@unimplemented_fields(GRPO_UNIMPLEMENTED)
 class GRPOConfig(OnlineConfig):
     """Configuration of `GRPOTrainer` (TRL 1.16's GRPOConfig fields and defaults)."""
 
@@ -215,14 +216,6 @@ class GRPOConfig(OnlineConfig):
     vllm_importance_sampling_clip_max: float | None = _f(3.0, "vLLM only.")
     vllm_importance_sampling_clip_min: float | None = _f(None, "vLLM only.")
     vllm_importance_sampling_cap: float | None = _f(None, "vLLM only (deprecated in TRL).")
-    # ---- not implemented (non-default values raise) -------------------------------------------------------
-    cast_lm_head_to_fp32: bool = _f(False, "Not implemented.")
-    top_entropy_quantile: float = _f(1.0, "Not implemented.")
-    entropy_coef: float = _f(0.0, "Not implemented.")
-    use_adaptive_entropy: bool = _f(False, "Not implemented.")
-    max_tool_calling_iterations: int | None = _f(None, "Not implemented.")
-    off_policy_mask_threshold: float | None = _f(None, "Not implemented.")
-    log_completions_hub_repo: str | None = _f(None, "Not implemented.")
 
     def _check_values(self) -> None:
         super()._check_values()
