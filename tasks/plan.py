@@ -100,8 +100,8 @@ class _PlanBuilder:
     def _scoring(self, stage: StageDefinition, settings: StageSettings) -> dict[str, str | None]:
         if not stage.scored_online:
             return {}
-        if settings.reward == "judge":
-            return {"reward": "judge", "reward_model": None}
+        if settings.reward != "reward_model":  # the judge, or a function named "module:function"
+            return {"reward": settings.reward, "reward_model": None}
         return {"reward": "reward_model", "reward_model": self.reward_model}
 
 

@@ -41,6 +41,8 @@ class StageDefinition:
     ``scored_online``: the trainer samples and is given ``reward_model=`` (the trained or configured reward model)
     or ``reward_fn=`` (the synthetic judge), per the stage block's ``reward`` setting.
     ``enabled_by_default``: False for an opt-in stage (its block's ``enabled`` defaults to false).
+    ``reward_funcs``: an online trainer with TRL's ``reward_funcs=`` (GRPO, RLOO) rather than PPO's
+    ``reward_model=`` / ``reward_fn=``.
     """
 
     name: str
@@ -54,6 +56,7 @@ class StageDefinition:
     settings: str = "tasks.config.stages:StageSettings"
     summary: str = ""
     enabled_by_default: bool = True  # False: the stage runs only when its block says ``enabled: true``
+    reward_funcs: bool = False
 
     def load_config_class(self) -> type:
         """The `transformers.TrainingArguments` subclass that configures this stage's trainer."""
@@ -113,6 +116,18 @@ STAGES: dict[str, StageDefinition] = {
             scored_online=True,
             settings="tasks.config.stages:OnlineStageSettings",
             summary="PPO from the SFT policy, rollouts scored by the reward model or the judge",
+        ),
+        StageDefinition(
+            name="grpo",
+            config_class="rlhf_core.trainers.online.config:GRPOConfig",
+            trainer_class="rlhf_core.trainers.online.grpo:GRPOTrainer",
+            data="prompts",
+            produces="policy",
+            scored_online=True,
+            reward_funcs=True,
+            settings="tasks.config.stages:OnlineStageSettings",
+            enabled_by_default=False,
+            summary="GRPO from the SFT policy, groups scored by the judge, the reward model or a function",
         ),
     )
 }

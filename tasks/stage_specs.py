@@ -9,7 +9,7 @@ task needs from the flow run (the MLflow parent run, evaluation settings, scale-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -36,7 +36,7 @@ class StageSpec(BaseModel):
     reward_model: str | None = Field(
         None, description="Online stages (PPO): the reward model folder (None with reward='judge')."
     )
-    reward: Literal["reward_model", "judge"] = "reward_model"
+    reward: str = "reward_model"  # or "judge", or a reward function as "module:function"
     mlflow_run_id: str | None = Field(
         None, description="Run that rank 0 re-attaches to under accelerate launch."
     )

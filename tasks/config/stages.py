@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import functools
 import typing
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
 
@@ -152,11 +152,20 @@ class StageSettings(BaseModel):
 class OnlineStageSettings(StageSettings):
     """A stage that samples from its policy and scores the samples (``scored_online`` in the registry)."""
 
-    reward: Literal["reward_model", "judge"] = Field(
+    reward: str = Field(
         "reward_model",
-        description="What scores the rollouts: the reward model (trained by the reward stage or given as "
-        "model.reward_model), or the synthetic task's ground-truth judge.",
+        description="What scores the rollouts: 'reward_model' (trained by the reward stage or given as "
+        "model.reward_model), 'judge' (the synthetic task's ground truth), or a Python function named "
+        "'module:function' (PPO: fn(prompts, responses); GRPO: TRL's fn(prompts, completions, **columns)).",
     )
+
+    @field_validator("reward")
+    @classmethod
+    def _known_reward(cls, value: str) -> str:
+        module, _, function = value.partition(":")
+        if value in ("reward_model", "judge") or (module and function and " " not in value):
+            return value
+        raise ValueError(f"reward={value!r}: use 'reward_model', 'judge' or a function as 'module:function'")
 
 
 def _settings_class(name: str) -> type[StageSettings]:

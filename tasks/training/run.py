@@ -21,7 +21,7 @@ from typing import Any
 
 from tasks.config.stages import build_trainer_config
 from tasks.results import TrainOutcome
-from tasks.stage_registry import get_stage
+from tasks.stage_registry import get_stage, import_object
 from tasks.stage_specs import StageSpec
 
 __all__ = ["build_trainer", "resolve_trainer_config", "run_stage_training"]
@@ -56,11 +56,24 @@ def _load(path: str) -> Any:
 
 
 def _online_scoring(spec: StageSpec) -> dict[str, Any]:
-    """What scores an online stage's rollouts: the synthetic judge, or the reward model (loaded here)."""
+    """What scores an online stage's rollouts: the synthetic judge, a "module:function", or the reward model.
+
+    PPO takes ``reward_fn=`` / ``reward_model=`` (loaded here); GRPO (``reward_funcs`` in the registry) takes
+    TRL's ``reward_funcs=``: the judge in its reward-function form, the function, or the reward model's path.
+    """
+    online = get_stage(spec.stage).reward_funcs
     if spec.reward == "judge":
+        if online:
+            from rlhf_core.rewards import synthetic_judge_reward
+
+            return {"reward_funcs": synthetic_judge_reward}
         from rlhf_core.data.synthetic import judge_responses
 
         return {"reward_fn": judge_responses}
+    if spec.reward != "reward_model":
+        return {"reward_funcs" if online else "reward_fn": import_object(spec.reward)}
+    if online:
+        return {"reward_funcs": spec.reward_model}
     from rlhf_core.models.loading import load_sequence_classifier
 
     return {"reward_model": load_sequence_classifier(spec.reward_model, num_labels=1)}

@@ -22,8 +22,8 @@ def test_every_entry_names_a_trainer_and_its_config():
         assert issubclass(stage.load_config_class(), TrainingArguments), stage.name
         assert issubclass(stage.load_trainer_class(), Trainer), stage.name
         assert stage.starts_from is None or stage.starts_from in STAGES
-    assert stage_names() == ("sft", "reward", "dpo", "kto", "ppo")
-    assert preference_stages() == ("dpo", "kto", "ppo") and reward_model_stage() == "reward"
+    assert stage_names() == ("sft", "reward", "dpo", "kto", "ppo", "grpo")
+    assert preference_stages() == ("dpo", "kto", "ppo", "grpo") and reward_model_stage() == "reward"
 
 
 def test_config_sections_follow_the_registry():
@@ -31,7 +31,7 @@ def test_config_sections_follow_the_registry():
     assert {"reward", "dpo", "ppo"} <= set(DataSettings.model_fields)
     config = PipelineConfig()
     opt_in = [name for name, stage in STAGES.items() if not stage.enabled_by_default]
-    assert opt_in == ["kto"] and not config.stages.kto.enabled
+    assert opt_in == ["kto", "grpo"] and not config.stages.kto.enabled and not config.stages.grpo.enabled
     assert config.stages.enabled() == [s for s in STAGES if s not in opt_in]
     assert config.scale_out.stages == list(STAGES)
     assert config.stages.ppo.reward == "reward_model" and not hasattr(config.stages.dpo, "reward")
@@ -53,7 +53,7 @@ def test_unknown_stage_names_are_configuration_errors():
     else:
         raise AssertionError("no ConfigError")
     assert any(p.startswith("scale_out.stages: unknown stage 'grpo2'") for p in problems)
-    assert "tracking.register_policy: expected 'best' or one of dpo, kto, ppo, got 'sft'" in problems
+    assert "tracking.register_policy: expected 'best' or one of dpo, kto, ppo, grpo, got 'sft'" in problems
 
 
 def test_the_kto_stage_trains_through_the_training_dispatch(tmp_path):
@@ -73,6 +73,39 @@ def test_the_kto_stage_trains_through_the_training_dispatch(tmp_path):
     assert isinstance(built, KTOTrainer) and built.ref_model is not None  # a frozen copy of the SFT policy
     outcome = training.run_stage_training(spec)
     assert outcome.global_step == 2 and (tmp_path / "kto" / "final" / "model.safetensors").is_file()
+
+
+def length_reward(completions, **_):  # named by the grpo stage below as "test_stage_registry:length_reward"
+    return [-abs(10 - len(c[0]["content"])) / 10 for c in completions]
+
+
+def test_the_grpo_stage_trains_with_the_judge_or_a_named_function(tmp_path, monkeypatch):
+    from rlhf_core.data.synthetic import SyntheticTask
+    from rlhf_core.rewards import synthetic_judge_reward
+    from rlhf_core.trainers.online.grpo import GRPOTrainer
+    from tasks.config import ConfigError
+    from tasks.stage_specs import StageSpec
+    from tasks.training import run as training
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    config = config_from_mapping({"stages": {"grpo": {"enabled": True, "reward": "judge"}}})
+    assert "grpo" in config.stages.enabled() and config.stages.grpo.reward == "judge"
+    try:
+        config_from_mapping({"stages": {"grpo": {"enabled": True, "reward": "a judge"}}})
+    except ConfigError as err:
+        assert any("reward='a judge'" in p for p in err.problems), err.problems
+    else:
+        raise AssertionError("no ConfigError")
+    SyntheticTask().prompt_dataset(8, "train").save_to_disk(str(tmp_path / "prompts"))
+    args = {"max_steps": 1, "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8,
+            "gradient_checkpointing": False, "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True}  # fmt: skip
+    for reward, expected in (("judge", synthetic_judge_reward), ("test_stage_registry:length_reward", length_reward)):
+        spec = StageSpec(stage="grpo", model="rlhf-tiny", train_data=str(tmp_path / "prompts"),
+                         stage_dir=str(tmp_path / reward.replace(":", "-")), args=args, reward=reward)  # fmt: skip
+        built = training.build_trainer(spec, training.resolve_trainer_config(spec))
+        assert isinstance(built, GRPOTrainer) and built.rewards.sources[0].fn is expected
+    outcome = training.run_stage_training(spec)
+    assert outcome.global_step == 1 and (Path(spec.stage_dir) / "final" / "model.safetensors").is_file()
 
 
 # A new stage is one registry entry: here a second SFT pass on top of the first, added before anything else is

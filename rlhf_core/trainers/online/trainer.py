@@ -160,9 +160,12 @@ class OnlineTrainer(Trainer):
                                shuffle=args.shuffle_dataset, seed=args.seed)  # fmt: skip
         window, losses, started = MetricsWindow(), [], time.time()
         while self.state.global_step < num_updates and not self.control.should_training_stop:
+            # The first optimizer step of a generation includes sampling and scoring (as in TRL's loop).
+            self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
             rollout = self._generate_and_score(next(rows), window)
-            for micro_batches in self._optimizer_step_batches(rollout):
-                self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
+            for index, micro_batches in enumerate(self._optimizer_step_batches(rollout)):
+                if index:
+                    self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
                 losses.append(self._optimizer_step(rollout, micro_batches, window))
                 self._finish_step(window)
                 if self.state.global_step >= num_updates or self.control.should_training_stop:
@@ -185,9 +188,9 @@ class OnlineTrainer(Trainer):
     def _finish_step(self, window: MetricsWindow) -> None:
         self.state.global_step += 1
         self.control = self.callback_handler.on_step_end(self.args, self.state, self.control)
-        if self.args.sync_ref_model and self.ref_model is not None:
-            if self.state.global_step % self.args.ref_model_sync_steps == 0:
-                sync_reference(self.ref_model, self._policy(), self.args.ref_model_mixup_alpha)
+        due = self.state.global_step % self.args.ref_model_sync_steps == 0
+        if self.args.sync_ref_model and self.ref_model is not None and due:
+            sync_reference(self.ref_model, self._policy(), self.args.ref_model_mixup_alpha)
         if self.control.should_log:
             logs = self._mean_over_processes({**window.pop(), **self.completion_log.pop_metrics()})
             logs = {k: v for k, v in logs.items() if not math.isnan(v)}  # a function that abstained throughout
