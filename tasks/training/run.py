@@ -24,18 +24,25 @@ from tasks.results import TrainOutcome
 from tasks.stage_registry import get_stage, import_object
 from tasks.stage_specs import StageSpec
 
-__all__ = ["build_trainer", "resolve_trainer_config", "run_stage_training"]
+__all__ = ["PIPELINE_SAVE_TOTAL_LIMIT", "build_trainer", "resolve_trainer_config", "run_stage_training"]
 
 logger = logging.getLogger(__name__)
 
+# Checkpoints a pipeline stage keeps (the newest ones; the final model is saved apart, in ``final/``): enough to
+# resume from, without PPO's six full copies on disk. A stage's own ``save_total_limit`` (null: keep all) wins.
+PIPELINE_SAVE_TOTAL_LIMIT = 2
+
 
 def resolve_trainer_config(spec: StageSpec) -> Any:
-    """The stage's trainer config: user args + what the pipeline owns (output dir, seed, MLflow reporting)."""
+    """The stage's trainer config: user args + what the pipeline owns (output dir, seed, MLflow reporting) and
+    its defaults (at most `PIPELINE_SAVE_TOTAL_LIMIT` checkpoints kept)."""
     report_to = spec.args.get("report_to", "none")
     report_to = (
         [] if report_to in (None, "none") else [report_to] if isinstance(report_to, str) else list(report_to)
     )
     overrides = {"report_to": sorted({*report_to, "mlflow"}), "seed": spec.args.get("seed", spec.seed)}
+    if "save_total_limit" not in spec.args:
+        overrides["save_total_limit"] = PIPELINE_SAVE_TOTAL_LIMIT
     if "run_name" not in spec.args:
         overrides["run_name"] = spec.stage
     return build_trainer_config(spec.stage, spec.args, output_dir=str(spec.checkpoints_dir), **overrides)

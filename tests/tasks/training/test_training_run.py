@@ -77,3 +77,14 @@ def test_crashed_stage_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
 
     # with resume off, the checkpoints are ignored (a fresh start)
     assert training._last_checkpoint(spec.model_copy(update={"resume": False})) is None
+
+
+def test_pipeline_stage_keeps_two_checkpoints_unless_its_args_say_otherwise(tmp_path):
+    assert resolve_trainer_config(_spec(tmp_path)).save_total_limit == 2
+    assert resolve_trainer_config(_spec(tmp_path, save_total_limit=5)).save_total_limit == 5
+    assert resolve_trainer_config(_spec(tmp_path, save_total_limit=None)).save_total_limit is None
+    spec = _spec(tmp_path, max_steps=6, save_steps=1)
+    run_stage_training(spec)
+    # six saves, the two newest kept; the final model is apart and complete
+    assert sorted(p.name for p in spec.checkpoints_dir.iterdir()) == ["checkpoint-5", "checkpoint-6"]
+    assert (spec.final_dir / "model.safetensors").is_file()
