@@ -102,8 +102,8 @@ def worker(impl: str, steps: int, warmup: int) -> None:
     emit_result({"impl": impl, "peak_rss": peak_rss_bytes(), **clock.summary(warmup)})
 
 
-def run(impl: str, steps: int, warmup: int) -> dict:
-    argv = [os.path.abspath(__file__), "--worker", impl, "--steps", str(steps), "--warmup", str(warmup)]
+def run(impl: str, steps: int, warmup: int, script: str = __file__) -> dict:
+    argv = [os.path.abspath(script), "--worker", impl, "--steps", str(steps), "--warmup", str(warmup)]
     return run_worker(argv, env={"OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"})
 
 
@@ -137,9 +137,16 @@ def report(title: str, ours: dict, trl: dict, time_target: float, rss_target: fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    title = f"DPO, {PAIRS_PER_STEP} pairs/step, max length {MAX_LENGTH}, fp32, {THREADS} threads"
+    side_by_side(__file__, __doc__, worker, title, TIME_TARGET, RSS_TARGET)
+
+
+def side_by_side(
+    script: str, doc: str | None, worker_fn, title: str, time_target: float, rss_target: float | None
+) -> None:
+    """The command line of a benchmark `script` whose ``worker_fn(impl, steps, warmup)`` trains one implementation
+    (bench_kto.py shares it): fresh worker processes per implementation and round, medians, the ratio report."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (including warm-up)")
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the medians")
     parser.add_argument("--rounds", type=int, default=1, help="fresh processes per implementation")
@@ -147,7 +154,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.steps, args.warmup)
+        return worker_fn(args.worker, args.steps, args.warmup)
     if args.warmup >= args.steps:
         parser.error("--warmup must be smaller than --steps")
 
@@ -158,11 +165,10 @@ def main() -> None:
     runs: dict[str, list[dict]] = {impl: [] for impl in impls}
     for _ in range(args.rounds):
         for impl in impls:
-            runs[impl].append(run(impl, args.steps, args.warmup))
+            runs[impl].append(run(impl, args.steps, args.warmup, script))
     results = {impl: aggregate(rs) for impl, rs in runs.items()}
     if "ours" in results and "trl" in results:
-        title = f"DPO, {PAIRS_PER_STEP} pairs/step, max length {MAX_LENGTH}, fp32, {THREADS} threads"
-        report(title, results["ours"], results["trl"], TIME_TARGET, RSS_TARGET)
+        report(title, results["ours"], results["trl"], time_target, rss_target)
     else:
         for impl, r in results.items():
             print(impl, r)

@@ -22,15 +22,14 @@ Targets printed beside the ratios: seconds per step <= 0.5x TRL, peak RSS <= 0.5
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_dpo import aggregate, count_real_tokens, report  # noqa: E402
-from measurement import StepClock, emit_result, peak_rss_bytes, run_worker, set_threads  # noqa: E402
+from bench_dpo import count_real_tokens, side_by_side  # noqa: E402
+from measurement import StepClock, emit_result, peak_rss_bytes, set_threads  # noqa: E402
 
 THREADS = 2
 EXAMPLES_PER_STEP = 8
@@ -100,41 +99,9 @@ def worker(impl: str, steps: int, warmup: int) -> None:
     emit_result({"impl": impl, "peak_rss": peak_rss_bytes(), **clock.summary(warmup)})
 
 
-def run(impl: str, steps: int, warmup: int) -> dict:
-    argv = [os.path.abspath(__file__), "--worker", impl, "--steps", str(steps), "--warmup", str(warmup)]
-    return run_worker(argv, env={"OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"})
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (including warm-up)")
-    parser.add_argument("--warmup", type=int, default=3, help="steps left out of the medians")
-    parser.add_argument("--rounds", type=int, default=1, help="fresh processes per implementation")
-    parser.add_argument("--impls", default="ours,trl")
-    parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return worker(args.worker, args.steps, args.warmup)
-    if args.warmup >= args.steps:
-        parser.error("--warmup must be smaller than --steps")
-
-    from models import bench_model_path
-
-    print(f"model + tokenizer: {bench_model_path()}")
-    impls = args.impls.split(",")
-    runs: dict[str, list[dict]] = {impl: [] for impl in impls}
-    for _ in range(args.rounds):
-        for impl in impls:
-            runs[impl].append(run(impl, args.steps, args.warmup))
-    results = {impl: aggregate(rs) for impl, rs in runs.items()}
-    if "ours" in results and "trl" in results:
-        title = f"KTO, {EXAMPLES_PER_STEP} examples/step, max length {MAX_LENGTH}, fp32, {THREADS} threads"
-        report(title, results["ours"], results["trl"], TIME_TARGET, RSS_TARGET)
-    else:
-        for impl, r in results.items():
-            print(impl, r)
+    title = f"KTO, {EXAMPLES_PER_STEP} examples/step, max length {MAX_LENGTH}, fp32, {THREADS} threads"
+    side_by_side(__file__, __doc__, worker, title, TIME_TARGET, RSS_TARGET)
 
 
 if __name__ == "__main__":

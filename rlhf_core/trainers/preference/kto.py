@@ -42,6 +42,7 @@ from rlhf_core.trainers.preference.kto_data import (
 )
 from rlhf_core.trainers.preference.logprobs import completion_logprobs
 from rlhf_core.trainers.preference.pairwise import PairwiseTrainer
+from rlhf_core.trainers.preference.ref_sync import SyncReferenceCallback, check_reference_sync
 from rlhf_core.trainers.preference.reference import reference_adapter_disabled
 
 __all__ = ["KTOTrainer"]
@@ -142,6 +143,9 @@ class KTOTrainer(PairwiseTrainer):
             self._reference_columns_needed = True
         elif self.ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+        if self.args.sync_ref_model:  # TR-DPO's soft reference updates apply to KTO's reference as well
+            check_reference_sync(self.args, self.ref_model)
+            self.add_callback(SyncReferenceCallback(self.ref_model, self.accelerator))
 
     # ---- log-probs ------------------------------------------------------------------------------------------
 

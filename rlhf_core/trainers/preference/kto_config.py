@@ -13,15 +13,11 @@ from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["KTOConfig"]
 
-_REF_SYNC = "TR-DPO reference synchronisation is not implemented for KTO"
 # TRL 1.16 KTOConfig fields accepted at their default only (a non-default value raises NotImplementedError).
 KTO_UNIMPLEMENTED = {
     "activation_offloading": Unimplemented(
         False, "activations are not offloaded to the CPU; use gradient_checkpointing=True to save memory"
     ),
-    "sync_ref_model": Unimplemented(False, _REF_SYNC),
-    "ref_model_mixup_alpha": Unimplemented(0.6, _REF_SYNC),
-    "ref_model_sync_steps": Unimplemented(512, _REF_SYNC),
 }
 
 
@@ -48,10 +44,12 @@ class KTOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     sequences are cut to ``max_length`` too. ``pad_to_multiple_of`` and TRL's other tokenizer options as in
     `DPOConfig`.
 
+    TR-DPO reference synchronisation (``sync_ref_model``, ``ref_model_mixup_alpha``, ``ref_model_sync_steps``) as
+    in `DPOConfig` (needs a separate reference model, not with ``precompute_ref_log_probs``).
+
     TRL fields accepted at their default only (a non-default value raises NotImplementedError):
-    ``activation_offloading``, ``sync_ref_model``, ``ref_model_mixup_alpha``, ``ref_model_sync_steps``, and
-    ``router_aux_loss_coef`` other than None / 0.0 (no MoE auxiliary loss). ``trust_remote_code`` is passed on
-    when the model is loaded by name.
+    ``activation_offloading``, and ``router_aux_loss_coef`` other than None / 0.0 (no MoE auxiliary loss).
+    ``trust_remote_code`` is passed on when the model is loaded by name.
     """
 
     # TRL's KTO defaults that differ from TrainingArguments
@@ -120,6 +118,18 @@ class KTOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom model code from the hub when loading by name."}
+    )
+    sync_ref_model: bool = field(
+        default=False,
+        metadata={
+            "help": "TR-DPO (arXiv:2404.09656): move the reference towards the policy during training."
+        },
+    )
+    ref_model_mixup_alpha: float = field(
+        default=0.6, metadata={"help": "TR-DPO alpha: ref <- alpha * policy + (1 - alpha) * ref."}
+    )
+    ref_model_sync_steps: int = field(
+        default=512, metadata={"help": "TR-DPO tau: optimizer steps between reference updates."}
     )
     router_aux_loss_coef: float | None = field(
         default=None, metadata={"help": "MoE load-balancing loss weight: only None or 0.0 (not implemented)."}

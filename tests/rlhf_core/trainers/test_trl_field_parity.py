@@ -115,6 +115,9 @@ IMPLEMENTED = {
         "precompute_ref_log_probs": True,
         "trust_remote_code": True,
         "router_aux_loss_coef": 0.0,  # no MoE loss: the only other value accepted (a non-zero one raises)
+        "sync_ref_model": True,
+        "ref_model_mixup_alpha": 0.5,
+        "ref_model_sync_steps": 8,
     },
     PPOConfig: {
         "num_sample_generations": 3,

@@ -192,6 +192,24 @@ def test_precompute_keeps_no_reference_model_and_gives_the_live_loss(tokenizer, 
         )
 
 
+def test_sync_ref_model_moves_the_reference_to_the_policy(tokenizer, pairs):
+    torch.manual_seed(0)
+    args = config(max_steps=2, sync_ref_model=True, ref_model_mixup_alpha=1.0, ref_model_sync_steps=2)
+    trainer = KTOTrainer(
+        model=load_causal_lm("rlhf-tiny"), args=args, train_dataset=pairs, tokenizer=tokenizer
+    )
+    initial = [p.detach().clone() for p in trainer.ref_model.parameters()]
+    trainer.train()
+    policy, reference = list(trainer.model.parameters()), list(trainer.ref_model.parameters())
+    assert any(
+        not torch.equal(a, p) for a, p in zip(initial, reference)
+    )  # alpha = 1 at step 2: a hard update
+    assert all(torch.equal(p, r) for p, r in zip(policy, reference))
+    with pytest.raises(ValueError, match="cannot be used with precompute_ref_log_probs"):
+        KTOTrainer(model=load_causal_lm("rlhf-tiny"), args=config(sync_ref_model=True, precompute_ref_log_probs=True),
+                   train_dataset=pairs, tokenizer=tokenizer)  # fmt: skip
+
+
 def test_apo_zero_unpaired_needs_no_mismatched_completions(tokenizer, pairs):
     torch.manual_seed(0)
     trainer = KTOTrainer(model=load_causal_lm("rlhf-tiny"), args=config(loss_type="apo_zero_unpaired",
