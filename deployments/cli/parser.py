@@ -127,8 +127,20 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="deployments.cli.service_commands:ingest")
 
 
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="mark MLflow runs left RUNNING by a dead pipeline process (kill -9, OOM) as FAILED",
+        description="Sweep the tracking store (MLFLOW_TRACKING_URI, else ./mlflow.db) for runs a dead pipeline "
+        "process left RUNNING and mark them FAILED, tagged rlhf.ghost.found_by / found_at. Runs owned by a live "
+        "process or by another host are left alone. A pipeline run does the same for its own config at start-up.",
+    )
+    p.add_argument("config", nargs="?", help="only this config's experiment (default: every experiment)")
+    p.set_defaults(handler="deployments.cli.service_commands:doctor", overrides=[])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``rlhf`` parser with every subcommand: run, validate, train, serve, ingest."""
+    """The ``rlhf`` parser with every subcommand: run, validate, train, serve, ingest, doctor."""
     parser = argparse.ArgumentParser(
         prog="rlhf",
         description=f"RLHF pipeline: training stages {', '.join(STAGES)}, then evaluation and the registry.",
@@ -139,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_commands(sub)
     _add_serve(sub)
     _add_ingest(sub)
+    _add_doctor(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""``rlhf serve`` (register and run the deployments) and ``rlhf ingest`` (store a new preference dataset version)."""
+"""``rlhf serve`` (register and run the deployments), ``rlhf ingest`` (store a new preference dataset version) and
+``rlhf doctor`` (mark runs a dead process left RUNNING as FAILED)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 from deployments.cli.parser import EXIT_OK, EXIT_USAGE
 
-__all__ = ["ingest", "serve"]
+__all__ = ["doctor", "ingest", "serve"]
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -67,4 +68,21 @@ def ingest(args: argparse.Namespace) -> int:
         )
         result = {**dataset.to_dict(), "announced": False}
     print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Mark ghost runs FAILED (`tasks.tracking.ghosts`), in the config's experiment or in every experiment."""
+    from tasks.tracking.ghosts import doctor as sweep
+
+    names = None
+    if args.config:
+        from tasks.config import load_config
+
+        names = [load_config(args.config, []).tracking.experiment_name]
+    report = sweep(names)
+    for line in report.lines():
+        print(line)
+    if not report.marked:
+        print("no ghost runs: nothing is left RUNNING by a dead process")
     return EXIT_OK

@@ -95,6 +95,18 @@ def _experiment_id(name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def _logger():
+    """The Prefect run logger inside a flow or task run (shown in the UI's Logs tab), else this module's."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # outside a run: no context
+        import logging
+
+        return logging.getLogger(__name__)
+
+
 def _status_for(exc: BaseException) -> str:
     killed = isinstance(exc, KeyboardInterrupt | SystemExit)
     return RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED)
@@ -102,9 +114,21 @@ def _status_for(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def parent_run(experiment_name: str, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
-    """Create the pipeline's parent run and yield its id; FINISHED on success, FAILED/KILLED on an exception."""
+    """Create the pipeline's parent run and yield its id; FINISHED on success, FAILED/KILLED on an exception.
+
+    First, the runs of the same config (``tags["rlhf.config_digest"]``) that a dead process left RUNNING are
+    marked FAILED (`tasks.tracking.ghosts`); the new run records this process as its owner for the next check.
+    """
+    from tasks.tracking.ghosts import mark_ghost_runs, owner_tags
+
     client = MlflowClient()
-    run = client.create_run(_experiment_id(experiment_name), run_name=run_name, tags=dict(tags))
+    experiment_id = _experiment_id(experiment_name)
+    digest = tags.get("rlhf.config_digest")
+    if digest:
+        found_by = f"start-up of pipeline run {run_name!r} (flow run {tags.get('prefect.flow_run_id') or '-'})"
+        for line in mark_ghost_runs([experiment_name], config_digest=digest, found_by=found_by).lines():
+            _logger().warning("MLflow: %s", line)
+    run = client.create_run(experiment_id, run_name=run_name, tags={**owner_tags(), **tags})
     run_id = run.info.run_id
     try:
         yield run_id
