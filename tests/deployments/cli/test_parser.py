@@ -21,7 +21,7 @@ def _subcommands() -> set[str]:
 
 
 def test_one_parser_with_every_subcommand():
-    assert _subcommands() == {"run", "validate", "train", "serve", "ingest"}
+    assert _subcommands() == {"run", "validate", "train", "serve", "ingest", "doctor"}
     args = build_parser().parse_args(["serve", DEFAULT, "stages.sft.args.max_steps=3", "--cron", "0 * * * *"])
     assert (args.config, args.overrides, args.cron, args.retrain_on_new_data) == (
         DEFAULT,
