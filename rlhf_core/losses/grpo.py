@@ -180,7 +180,9 @@ def _constant_length(per_token: torch.Tensor, mask: torch.Tensor, *, max_complet
 
 def _window_tokens(per_token: torch.Tensor, mask: torch.Tensor, *, num_items: float | None, **_: object):
     # num_items: the tokens of the whole accumulation window (a micro-batch alone: its own tokens).
-    return (per_token * mask).sum() / (mask.sum().clamp(min=1.0) if num_items is None else max(num_items, 1.0))
+    return (per_token * mask).sum() / (
+        mask.sum().clamp(min=1.0) if num_items is None else max(num_items, 1.0)
+    )
 
 
 # loss_type -> (aggregation, whether it is already normalised over the accumulation window)
@@ -203,7 +205,11 @@ def _clip_stats(coef: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
     if coef.shape[-1] == 1:  # sequence level: one ratio per sequence
         return is_low.mean(), is_high.mean(), torch.maximum(is_low, is_high).mean()
     full = mask.expand_as(coef)
-    return masked_mean(is_low, full), masked_mean(is_high, full), masked_mean(torch.maximum(is_low, is_high), full)
+    return (
+        masked_mean(is_low, full),
+        masked_mean(is_high, full),
+        masked_mean(torch.maximum(is_low, is_high), full),
+    )
 
 
 def grpo_policy_loss(

@@ -99,7 +99,10 @@ def test_the_grpo_stage_trains_with_the_judge_or_a_named_function(tmp_path, monk
     SyntheticTask().prompt_dataset(8, "train").save_to_disk(str(tmp_path / "prompts"))
     args = {"max_steps": 1, "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8,
             "gradient_checkpointing": False, "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True}  # fmt: skip
-    for reward, expected in (("judge", synthetic_judge_reward), ("test_stage_registry:length_reward", length_reward)):
+    for reward, expected in (
+        ("judge", synthetic_judge_reward),
+        ("test_stage_registry:length_reward", length_reward),
+    ):
         spec = StageSpec(stage="grpo", model="rlhf-tiny", train_data=str(tmp_path / "prompts"),
                          stage_dir=str(tmp_path / reward.replace(":", "-")), args=args, reward=reward)  # fmt: skip
         built = training.build_trainer(spec, training.resolve_trainer_config(spec))

@@ -42,10 +42,16 @@ _DETACHED_ENTROPY = "entropies are detached here (the fused kernel returns them 
 
 # Fields of both TRL configs accepted at their default only: a non-default value raises NotImplementedError.
 ONLINE_UNIMPLEMENTED: dict[str, Unimplemented] = {
-    "router_aux_loss_coef": Unimplemented(None, "mixture-of-experts router losses are not wired", "float | None"),
-    "num_generations_eval": Unimplemented(None, "evaluation with generations is not implemented", "int | None"),
+    "router_aux_loss_coef": Unimplemented(
+        None, "mixture-of-experts router losses are not wired", "float | None"
+    ),
+    "num_generations_eval": Unimplemented(
+        None, "evaluation with generations is not implemented", "int | None"
+    ),
     "min_p": Unimplemented(None, "use temperature, top_k or top_p", "float | None"),
-    "repetition_penalty": Unimplemented(1.0, "use temperature, top_k or top_p (or rlhf_core.rewards' repetition penalty)"),
+    "repetition_penalty": Unimplemented(
+        1.0, "use temperature, top_k or top_p (or rlhf_core.rewards' repetition penalty)"
+    ),
     "cache_implementation": Unimplemented(None, f"{_DECODE_LOOP} (the model's dynamic cache)", "str | None"),
     "use_vllm": Unimplemented(False, _DECODE_LOOP),
     "use_transformers_continuous_batching": Unimplemented(False, _DECODE_LOOP),
@@ -58,8 +64,12 @@ GRPO_UNIMPLEMENTED: dict[str, Unimplemented] = {
     "entropy_coef": Unimplemented(0.0, f"an entropy bonus is not implemented; {_DETACHED_ENTROPY}"),
     "use_adaptive_entropy": Unimplemented(False, f"an entropy bonus is not implemented; {_DETACHED_ENTROPY}"),
     "max_tool_calling_iterations": Unimplemented(None, "tool calling is not implemented", "int | None"),
-    "off_policy_mask_threshold": Unimplemented(None, "off-policy sequence masking is not implemented", "float | None"),
-    "log_completions_hub_repo": Unimplemented(None, "rlhf_core uploads nothing; use log_completions", "str | None"),
+    "off_policy_mask_threshold": Unimplemented(
+        None, "off-policy sequence masking is not implemented", "float | None"
+    ),
+    "log_completions_hub_repo": Unimplemented(
+        None, "rlhf_core uploads nothing; use log_completions", "str | None"
+    ),
 }
 
 
@@ -72,21 +82,27 @@ class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward (TRL's default: on).")
     remove_unused_columns: bool = _f(False, "Keep every dataset column: reward functions receive them.")
     # ---- models -------------------------------------------------------------------------------------------
-    model_init_kwargs: dict | str | None = _f(None, "from_pretrained keyword arguments for models given by name.")
+    model_init_kwargs: dict | str | None = _f(
+        None, "from_pretrained keyword arguments for models given by name."
+    )
     trust_remote_code: bool = _f(False, "Passed to from_pretrained for models given by name.")
     disable_dropout: bool = _f(False, "Zero every dropout of the policy and the reference.")
     # ---- data and generation ------------------------------------------------------------------------------
     num_generations: int = _f(8, "Completions sampled per prompt (the group size).")
     max_completion_length: int = _f(512, "Maximum new tokens per completion.")
     shuffle_dataset: bool = _f(True, "Shuffle the prompts each epoch (from the seed).")
-    pad_to_multiple_of: int | str | None = _f("auto", "Pad prompt batches to a multiple of this ('auto': none).")
+    pad_to_multiple_of: int | str | None = _f(
+        "auto", "Pad prompt batches to a multiple of this ('auto': none)."
+    )
     generation_batch_size: int | None = _f(None, "Completions per generation over all processes.")
     steps_per_generation: int | None = _f(None, "Micro-batches per process per generation.")
     temperature: float = _f(1.0, "Sampling temperature; log-probs are computed at the same temperature.")
     top_p: float = _f(1.0, "Nucleus sampling mass (1.0: no limit).")
     top_k: int = _f(0, "Sample from the k most likely tokens (0: no limit).")
     generation_kwargs: dict | None = _f(None, "Extra generation arguments (only max_new_tokens-like keys).")
-    chat_template_kwargs: dict | None = _f(None, "Extra arguments for the chat template of conversational prompts.")
+    chat_template_kwargs: dict | None = _f(
+        None, "Extra arguments for the chat template of conversational prompts."
+    )
     # ---- optimisation -------------------------------------------------------------------------------------
     beta: float = _f(0.0, "KL coefficient to the reference model (0: no reference model is kept).")
     num_iterations: int = _f(1, "Optimisation passes over each generation (mu in the GRPO paper).")
@@ -94,7 +110,9 @@ class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
     epsilon_high: float | None = _f(None, "Upper clip range (None: epsilon). DAPO's clip-higher.")
     reward_weights: list[float] | None = _f(None, "Weight of each reward function (None: all 1).")
     mask_truncated_completions: bool = _f(False, "Leave completions without an eos out of the loss.")
-    sync_ref_model: bool = _f(False, "Move the reference towards the policy every ref_model_sync_steps (TR-DPO).")
+    sync_ref_model: bool = _f(
+        False, "Move the reference towards the policy every ref_model_sync_steps (TR-DPO)."
+    )
     ref_model_mixup_alpha: float = _f(0.6, "ref <- alpha * policy + (1 - alpha) * ref when syncing.")
     ref_model_sync_steps: int = _f(512, "Optimizer steps between reference syncs.")
     # ---- logging ------------------------------------------------------------------------------------------
@@ -196,8 +214,12 @@ class GRPOConfig(OnlineConfig):
 
     delta: float | None = _f(None, "Upper cap of the unclipped ratio (two-sided clipping, arXiv:2505.07291).")
     importance_sampling_level: str = _f("token", "'token' ratios, or 'sequence' (GSPO, arXiv:2507.18071).")
-    multi_objective_aggregation: str = _f("sum_then_normalize", "'sum_then_normalize' or 'normalize_then_sum'.")
-    scale_rewards: str | bool = _f("group", "Divide advantages by the std of the 'group', the 'batch', or 'none'.")
+    multi_objective_aggregation: str = _f(
+        "sum_then_normalize", "'sum_then_normalize' or 'normalize_then_sum'."
+    )
+    scale_rewards: str | bool = _f(
+        "group", "Divide advantages by the std of the 'group', the 'batch', or 'none'."
+    )
     loss_type: str = _f("dapo", "'grpo', 'bnpo', 'dr_grpo' or 'dapo' (see rlhf_core.losses.grpo).")
     use_bias_correction_kl: bool = _f(True, "Weight the KL term by the importance ratio.")
     # ---- inert: read only by loss types and vLLM modes that raise --------------------------------------------

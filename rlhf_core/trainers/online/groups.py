@@ -37,7 +37,9 @@ def generation_rows(
     index, epoch = 0, 0
     while True:
         if shuffle:
-            order = torch.randperm(num_prompts, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+            order = torch.randperm(
+                num_prompts, generator=torch.Generator().manual_seed(seed + epoch)
+            ).tolist()
         else:
             order = list(range(num_prompts))
         for start in range(0, per_epoch * prompts_per_generation, prompts_per_generation):
@@ -60,14 +62,18 @@ class GroupBatch:
     columns: dict[str, list[Any]]
 
 
-def local_examples(dataset: Any, rows: list[int], *, num_generations: int, rank: int, world: int) -> list[dict]:
+def local_examples(
+    dataset: Any, rows: list[int], *, num_generations: int, rank: int, world: int
+) -> list[dict]:
     """This process's contiguous slice of the prompt-major list of ``rows`` each repeated ``num_generations`` times."""
     repeated = [r for r in rows for _ in range(num_generations)]
     share = len(repeated) // world
     return [dataset[int(r)] for r in repeated[rank * share : (rank + 1) * share]]
 
 
-def _completion_texts(ids: torch.Tensor, mask: torch.Tensor, tokenizer: Any) -> tuple[list[str], list[list[int]]]:
+def _completion_texts(
+    ids: torch.Tensor, mask: torch.Tensor, tokenizer: Any
+) -> tuple[list[str], list[list[int]]]:
     kept = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
     return tokenizer.batch_decode(kept, skip_special_tokens=True), kept
 

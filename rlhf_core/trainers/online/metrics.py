@@ -81,7 +81,9 @@ class CompletionLog:
         self.metrics.clear()
         return out
 
-    def add(self, step: int, group: Any, rewards: torch.Tensor, advantages: torch.Tensor, names: list[str]) -> None:
+    def add(
+        self, step: int, group: Any, rewards: torch.Tensor, advantages: torch.Tensor, names: list[str]
+    ) -> None:
         extra = {k: v for k, v in self._extra.items() if len(v) == len(group.prompts)}
         for i, (prompt, completion) in enumerate(zip(group.prompts, group.completions)):
             row = {"step": step, "prompt": _text(prompt), "completion": _text(completion)}

@@ -18,7 +18,9 @@ from rlhf_core.trainers.model_setup import apply_peft, is_peft_model, load_model
 __all__ = ["build_models", "sync_reference"]
 
 
-def build_models(model: Any, args: Any, processing_class: Any, peft_config: Any) -> tuple[nn.Module, Any, Any]:
+def build_models(
+    model: Any, args: Any, processing_class: Any, peft_config: Any
+) -> tuple[nn.Module, Any, Any]:
     """(policy, reference model or None, tokenizer) from what the user passed."""
     if model is None:
         raise ValueError("a model is required (a causal LM object, a name/path or 'rlhf-tiny')")

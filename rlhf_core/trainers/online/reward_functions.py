@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rlhf_core.data.formats import is_conversational
+from rlhf_core.models.pad_token import ensure_pad_token
 from rlhf_core.rollout.logprobs import ResponseBatch
 from rlhf_core.rollout.scoring import reward_model_scores
 
@@ -86,9 +87,13 @@ class RewardFunctions:
         model_init_kwargs: dict | None = None,
     ) -> None:
         if reward_funcs is None or (isinstance(reward_funcs, (list, tuple)) and not reward_funcs):
-            raise ValueError("reward_funcs is required: a function, a reward model (or its path), or a list of them")
+            raise ValueError(
+                "reward_funcs is required: a function, a reward model (or its path), or a list of them"
+            )
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        tokenizers = processing_classes if isinstance(processing_classes, (list, tuple)) else [processing_classes]
+        tokenizers = (
+            processing_classes if isinstance(processing_classes, (list, tuple)) else [processing_classes]
+        )
         tokenizers = list(tokenizers) + [None] * (len(funcs) - len(tokenizers))
         if len(tokenizers) != len(funcs):
             raise ValueError(f"{len(tokenizers)} reward_processing_classes for {len(funcs)} reward_funcs")
@@ -109,7 +114,9 @@ class RewardFunctions:
         if isinstance(func, nn.Module):
             _check_one_label(getattr(getattr(func, "config", None), "num_labels", 1), name)
             func.requires_grad_(False).eval()
-            return RewardSource(name, model=func, tokenizer=_tokenizer_for(func, tokenizer, policy_tokenizer))
+            tokenizer = _tokenizer_for(func, tokenizer, policy_tokenizer)
+            ensure_pad_token(tokenizer, func)  # the texts are padded into one batch
+            return RewardSource(name, model=func, tokenizer=tokenizer)
         if not callable(func):
             raise TypeError(f"reward_funcs entry {func!r} is neither callable, a reward model nor a path")
         return RewardSource(name, fn=func)
@@ -144,7 +151,9 @@ class RewardFunctions:
     @staticmethod
     def _function_scores(source, prompts, completions, completion_ids, columns) -> torch.Tensor:
         try:
-            raw = source.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+            raw = source.fn(
+                prompts=prompts, completions=completions, completion_ids=completion_ids, **columns
+            )
         except Exception as err:
             raise RuntimeError(
                 f"reward function {source.name!r} raised {type(err).__name__}: {err} (called on {len(prompts)} "
@@ -155,7 +164,9 @@ class RewardFunctions:
         try:
             raw = list(raw)
         except TypeError:
-            raise TypeError(f"reward function {source.name!r} returned {type(raw).__name__}, not a list") from None
+            raise TypeError(
+                f"reward function {source.name!r} returned {type(raw).__name__}, not a list"
+            ) from None
         if len(raw) != len(prompts):
             raise ValueError(
                 f"reward function {source.name!r} returned {len(raw)} rewards for {len(prompts)} completions "

@@ -42,7 +42,9 @@ class RLOOTrainer(OnlineTrainer):
             totals = acc.reduce(torch.stack([per_token_kl.sum(), mask.sum()]), reduction="sum")
             extra["kl"] = float(totals[0] / totals[1].clamp(min=1))
         grouped = rewards.view(-1, args.num_generations)
-        extra["frac_reward_zero_std"] = float(torch.isclose(grouped.std(dim=1), torch.zeros(())).float().mean())
+        extra["frac_reward_zero_std"] = float(
+            torch.isclose(grouped.std(dim=1), torch.zeros(())).float().mean()
+        )
         advantages = rloo_advantages(rewards, num_generations=args.num_generations,
                                      normalize=args.normalize_advantages)  # fmt: skip
         return advantages, extra

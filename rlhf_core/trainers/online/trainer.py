@@ -22,8 +22,9 @@ from transformers import Trainer
 from transformers.trainer_utils import TrainOutput
 
 from rlhf_core.data.collators import PromptCollator
-from rlhf_core.data.tokenization import resolve_pad_token_id, tokenize_prompts
+from rlhf_core.data.tokenization import tokenize_prompts
 from rlhf_core.losses.grpo import PolicyLossOutput
+from rlhf_core.models.pad_token import resolve_pad_token_id
 from rlhf_core.rollout.sampling import SamplingParams
 from rlhf_core.trainers.online.config import OnlineConfig
 from rlhf_core.trainers.online.groups import GroupBatch, generation_rows, local_examples, sample_completions
@@ -70,7 +71,9 @@ class OnlineTrainer(Trainer):
         self._reject_unsupported(unsupported, eval_dataset)
         args = args if args is not None else self.config_class(output_dir=f"{self._name}_output")
         if not isinstance(args, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}"
+            )
         policy, ref_model, processing_class = build_models(model, args, processing_class, peft_config)
         self.pad_id = resolve_pad_token_id(processing_class)
         self.rewards = RewardFunctions(
@@ -96,7 +99,9 @@ class OnlineTrainer(Trainer):
         given = {k: v for k, v in unsupported.items() if v is not None}
         if given:
             names = ", ".join(sorted(given))
-            raise NotImplementedError(f"{names}: not implemented (tools, rollout functions, environments, quantisation)")
+            raise NotImplementedError(
+                f"{names}: not implemented (tools, rollout functions, environments, quantisation)"
+            )
         if eval_dataset is not None:
             raise NotImplementedError("eval_dataset: evaluation with generations is not implemented")
 
@@ -104,7 +109,9 @@ class OnlineTrainer(Trainer):
     def _tokenize(dataset: Any, tokenizer: Any) -> Any:
         columns = list(getattr(dataset, "column_names", None) or (dataset[0].keys() if len(dataset) else []))
         if "prompt" not in columns:
-            raise ValueError(f"train_dataset has no 'prompt' column (its columns: {columns}): GRPO/RLOO need prompts")
+            raise ValueError(
+                f"train_dataset has no 'prompt' column (its columns: {columns}): GRPO/RLOO need prompts"
+            )
         return tokenize_prompts(dataset, tokenizer)
 
     # ---- set-up --------------------------------------------------------------------------------------------
@@ -116,7 +123,8 @@ class OnlineTrainer(Trainer):
         self.create_optimizer_and_scheduler(num_training_steps=num_optimizer_steps)
         if self.args.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs or {"use_reentrant": False}
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs
+                or {"use_reentrant": False}
             )
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.callback_handler.optimizer = self.optimizer
@@ -193,7 +201,9 @@ class OnlineTrainer(Trainer):
             sync_reference(self.ref_model, self._policy(), self.args.ref_model_mixup_alpha)
         if self.control.should_log:
             logs = self._mean_over_processes({**window.pop(), **self.completion_log.pop_metrics()})
-            logs = {k: v for k, v in logs.items() if not math.isnan(v)}  # a function that abstained throughout
+            logs = {
+                k: v for k, v in logs.items() if not math.isnan(v)
+            }  # a function that abstained throughout
             logs["learning_rate"] = self._last_lr
             self.log(logs)
             rows = self.completion_log.pop()
@@ -262,9 +272,13 @@ class OnlineTrainer(Trainer):
         metrics = {**reward_metrics(rewards, self.rewards), **completion_metrics(lengths, finished), **extra}
         self._generations += 1
         self.state.epoch = self._generations / max(len(self.train_dataset) // self.prompts_per_generation, 1)
-        metrics["num_tokens"] = float(acc.gather(group.batch.prompt_mask.sum().reshape(1)).sum() + lengths.sum())
+        metrics["num_tokens"] = float(
+            acc.gather(group.batch.prompt_mask.sum().reshape(1)).sum() + lengths.sum()
+        )
         window.add(metrics)
-        self.completion_log.add(self.state.global_step, group, rewards[share], advantages[share], self.rewards.names)
+        self.completion_log.add(
+            self.state.global_step, group, rewards[share], advantages[share], self.rewards.names
+        )
 
     # ---- optimisation --------------------------------------------------------------------------------------
 
@@ -279,7 +293,9 @@ class OnlineTrainer(Trainer):
             for start in range(0, len(micro), accumulation):
                 yield micro[start : start + accumulation]
 
-    def _optimizer_step(self, rollout: Rollout, micro_batches: list[torch.Tensor], window: MetricsWindow) -> float:
+    def _optimizer_step(
+        self, rollout: Rollout, micro_batches: list[torch.Tensor], window: MetricsWindow
+    ) -> float:
         acc, model, total = self.accelerator, self.model_wrapped, 0.0
         model.train()
         for index, rows in enumerate(micro_batches):
@@ -294,8 +310,13 @@ class OnlineTrainer(Trainer):
             with sync:
                 acc.backward(out.loss)
             total += float(out.loss.detach())
-            stats = {"loss": float(out.policy_loss), "entropy": entropy, "clip_ratio/low_mean": float(out.clip_low),
-                     "clip_ratio/high_mean": float(out.clip_high), "clip_ratio/region_mean": float(out.clip_region)}
+            stats = {
+                "loss": float(out.policy_loss),
+                "entropy": entropy,
+                "clip_ratio/low_mean": float(out.clip_low),
+                "clip_ratio/high_mean": float(out.clip_high),
+                "clip_ratio/region_mean": float(out.clip_region),
+            }
             if self._kl_in_loss and self.args.beta != 0.0:
                 stats["kl"] = float(out.kl)
             window.add(stats)  # fmt: skip
@@ -321,7 +342,9 @@ class OnlineTrainer(Trainer):
 
         old = cut(rollout.old_logps)
         old = logps.detach() if old is None else old
-        out = self._loss(logps, old, cut(rollout.ref_logps), rollout.advantages[rows], mask, rollout.num_items)
+        out = self._loss(
+            logps, old, cut(rollout.ref_logps), rollout.advantages[rows], mask, rollout.num_items
+        )
         entropy_mean = float((entropy * mask).sum() / mask.sum().clamp(min=1))
         return out, entropy_mean
 

@@ -92,7 +92,9 @@ def test_grpo_loss_types_differ_only_in_how_they_normalise():
         "dapo": (-1.2 - 1.0 + 1.0) / 6,  # tokens of the accumulation window, 6 = -0.2
     }
     for loss_type, value in expected.items():
-        out = grpo_policy_loss(logps, old, adv, mask, loss_type=loss_type, max_completion_length=4, num_items=6)
+        out = grpo_policy_loss(
+            logps, old, adv, mask, loss_type=loss_type, max_completion_length=4, num_items=6
+        )
         assert out.loss.item() == pytest.approx(value), loss_type
     out = grpo_policy_loss(logps, old, adv, mask, loss_type="bnpo")
     assert out.clip_high.item() == pytest.approx(1 / 3) and out.clip_low.item() == 0.0
@@ -103,13 +105,13 @@ def test_grpo_loss_types_differ_only_in_how_they_normalise():
 
 def test_gradient_accumulation_divides_all_but_dapo():
     logps, old, adv, mask = _batch()
-    assert grpo_policy_loss(logps, old, adv, mask, loss_type="bnpo", gradient_accumulation_steps=2).loss.item() == (
-        pytest.approx(-0.2)
-    )
+    assert grpo_policy_loss(
+        logps, old, adv, mask, loss_type="bnpo", gradient_accumulation_steps=2
+    ).loss.item() == (pytest.approx(-0.2))
     # dapo without num_items: this micro-batch's 3 tokens x 2 accumulation steps
-    assert grpo_policy_loss(logps, old, adv, mask, loss_type="dapo", gradient_accumulation_steps=2).loss.item() == (
-        pytest.approx(-1.2 / 6)
-    )
+    assert grpo_policy_loss(
+        logps, old, adv, mask, loss_type="dapo", gradient_accumulation_steps=2
+    ).loss.item() == (pytest.approx(-1.2 / 6))
 
 
 def test_k3_kl_term_and_its_bias_correction():
@@ -124,7 +126,9 @@ def test_k3_kl_term_and_its_bias_correction():
     k3_first = (0.5 - 1) - math.log(0.5)  # r = 0.25 / 0.5
     out = grpo_policy_loss(logps, old, adv, mask, loss_type="bnpo", beta=1.0, ref_logps=ref)
     assert out.kl.item() == pytest.approx((1.25 * k3_first + k3) / 3)
-    plain = grpo_policy_loss(logps, old, adv, mask, loss_type="bnpo", beta=1.0, ref_logps=ref, bias_corrected_kl=False)
+    plain = grpo_policy_loss(
+        logps, old, adv, mask, loss_type="bnpo", beta=1.0, ref_logps=ref, bias_corrected_kl=False
+    )
     assert plain.kl.item() == pytest.approx((k3_first + k3) / 3)
 
 
@@ -146,7 +150,9 @@ def test_clip_higher_and_two_sided_delta():
     old, neg, one = t([[math.log(0.3)]]), t([-1.0]), t([[1]])
     # ratio 3 with A = -1: -min(-3, -1.2) = 3; with delta = 2 the unclipped ratio is capped: 2
     assert grpo_policy_loss(logps, old, neg, one, loss_type="bnpo").loss.item() == pytest.approx(3.0)
-    assert grpo_policy_loss(logps, old, neg, one, loss_type="bnpo", delta=2.0).loss.item() == pytest.approx(2.0)
+    assert grpo_policy_loss(logps, old, neg, one, loss_type="bnpo", delta=2.0).loss.item() == pytest.approx(
+        2.0
+    )
 
 
 def test_rloo_loss_clips_the_summed_sequence_ratio():

@@ -20,9 +20,18 @@ def online_sft_folder(tmp_path_factory):
     torch.manual_seed(0)
     sft = SFTTrainer(
         model="rlhf-tiny",
-        args=SFTConfig(output_dir=str(folder.parent / "sft-run"), max_steps=150, per_device_train_batch_size=32,
-                       learning_rate=3e-3, max_length=64, save_strategy="no", logging_steps=50, disable_tqdm=True,
-                       report_to="none", seed=0),  # fmt: skip
+        args=SFTConfig(
+            output_dir=str(folder.parent / "sft-run"),
+            max_steps=150,
+            per_device_train_batch_size=32,
+            learning_rate=3e-3,
+            max_length=64,
+            save_strategy="no",
+            logging_steps=50,
+            disable_tqdm=True,
+            report_to="none",
+            seed=0,
+        ),  # fmt: skip
         train_dataset=SyntheticTask(0).sft_dataset(150 * 32),
     )
     sft.train()

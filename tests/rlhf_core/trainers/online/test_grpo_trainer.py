@@ -28,7 +28,9 @@ def text_prompts():
 
 
 def test_trl_quickstart_script_runs_and_logs_trl_metric_names(text_prompts):
-    trainer = GRPOTrainer(model="rlhf-tiny", reward_funcs=reward_len, args=config(), train_dataset=text_prompts)
+    trainer = GRPOTrainer(
+        model="rlhf-tiny", reward_funcs=reward_len, args=config(), train_dataset=text_prompts
+    )
     assert trainer.ref_model is None  # beta = 0 (TRL's default) keeps no reference model
     out = trainer.train()
     assert out.global_step == 2
@@ -62,7 +64,9 @@ def test_conversational_prompts_columns_weights_and_abstaining_functions():
     assert sorted(seen["columns"]) == ["answer", "log_extra", "log_metric", "trainer_state"]
     assert len(seen["columns"]["answer"]) == 4 and isinstance(seen["ids"][0], list)
     log = trainer.state.log_history[0]
-    assert log["reward"] == 2.0 and log["rewards/spy/mean"] == 1.0  # weight 2, the abstaining function skipped
+    assert (
+        log["reward"] == 2.0 and log["rewards/spy/mean"] == 1.0
+    )  # weight 2, the abstaining function skipped
     assert "rewards/abstains/mean" not in log  # all None: not logged (TRL logs None)
 
 
@@ -97,12 +101,18 @@ def test_reward_model_with_two_labels_is_rejected(text_prompts):
     [
         (lambda completions, **_: 1 / 0, RuntimeError, "reward function '<lambda>' raised ZeroDivisionError"),
         (lambda completions, **_: [1.0], ValueError, "returned 1 rewards for 4 completions"),
-        (lambda completions, **_: ["good"] * len(completions), TypeError, "returned 'good' \\(str\\) for completion 0"),
+        (
+            lambda completions, **_: ["good"] * len(completions),
+            TypeError,
+            "returned 'good' \\(str\\) for completion 0",
+        ),
         (lambda completions, **_: [float("inf")] * len(completions), ValueError, "must be finite"),
     ],
 )
 def test_bad_reward_functions_get_errors_naming_them(text_prompts, reward, error, message):
-    trainer = GRPOTrainer(model="rlhf-tiny", reward_funcs=reward, args=config(max_steps=1), train_dataset=text_prompts)
+    trainer = GRPOTrainer(
+        model="rlhf-tiny", reward_funcs=reward, args=config(max_steps=1), train_dataset=text_prompts
+    )
     with pytest.raises(error, match=message):
         trainer.train()
 
@@ -135,7 +145,9 @@ def test_several_iterations_keep_the_sampling_log_probs_as_pi_old(text_prompts):
                           args=config(num_iterations=2, max_steps=2, learning_rate=1e-2, loss_type="grpo"))  # fmt: skip
     seen = []
     original = trainer._loss
-    trainer._loss = lambda logps, old, *rest: seen.append((logps.detach(), old)) or original(logps, old, *rest)
+    trainer._loss = lambda logps, old, *rest: (
+        seen.append((logps.detach(), old)) or original(logps, old, *rest)
+    )
     trainer.train()
     (first, old_first), (second, old_second) = seen  # one generation, two optimizer steps on it
     assert torch.equal(old_first, old_second)  # pi_old is kept for the second pass

@@ -40,7 +40,9 @@ def train_and_score(trainer_cls, config, sft_folder, tmp_path) -> tuple[float, f
 @pytest.mark.slow
 def test_grpo_raises_the_heldout_judge_score(online_sft_folder, tmp_path):
     # 400 steps, seeds 0, 1, 2: +0.25, +0.26, +0.25 (before 0.53)
-    before, after = train_and_score(GRPOTrainer, GRPOConfig(**settings(num_generations=8)), online_sft_folder, tmp_path)
+    before, after = train_and_score(
+        GRPOTrainer, GRPOConfig(**settings(num_generations=8)), online_sft_folder, tmp_path
+    )
     assert before >= 0.4, before  # the SFT policy already answers in the format
     assert after >= before + 0.15, (before, after)  # held-out prompts: phrasings never seen in training
 

@@ -61,7 +61,9 @@ def test_two_processes_keep_identical_weights(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     for name in ("grpo", "rloo"):
         rank0, rank1 = (torch.load(tmp_path / f"{name}-rank{r}.pt") for r in (0, 1))
-        assert rank0["rewards"] == rank1["rewards"] and len(rank0["rewards"]) == 2  # gathered: the same on both
+        assert (
+            rank0["rewards"] == rank1["rewards"] and len(rank0["rewards"]) == 2
+        )  # gathered: the same on both
         moved = any(not torch.equal(a, b) for a, b in zip(rank0["start"], rank0["params"]))
         assert moved, name  # the update did something ...
         for a, b in zip(rank0["params"], rank1["params"]):
