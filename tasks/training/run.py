@@ -1,8 +1,9 @@
 """Train one stage from a `StageSpec`: build the trainer config and the trainer, resume, train, save.
 
 The same function runs in the pipeline's process or, under `accelerate launch`, in every worker process
-(`tasks.training.entry`); the spec is plain JSON so it crosses that process boundary. No MLflow call here: the
-trainer's MLflow callback logs into whichever run is active (the stage run, on rank 0 only).
+(`tasks.training.entry`); the spec is plain JSON so it crosses that process boundary. MLflow: the trainer's
+callback logs into whichever run is active (the stage run, on rank 0 only); the one call here tags the stage run
+when it resumes from a checkpoint (rank 0).
 
 Folder of a stage (named by its digest): ``checkpoints/`` (the Trainer's ``output_dir``; a crashed run resumes
 from its last ``checkpoint-N``), ``final/`` (the saved model, renamed into place only when complete),
@@ -140,7 +141,7 @@ def run_stage_training(
         trainer.add_callback(callback)
     resume = resume_from or _last_checkpoint(spec)
     if resume:
-        logger.info("%s: resuming from %s", spec.stage, resume)
+        _announce_resume(spec, resume, is_main=args.process_index == 0)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - start
@@ -159,6 +160,37 @@ def run_stage_training(
         os.replace(staging, spec.final_dir)
         spec.outcome_file.write_text(outcome.model_dump_json(indent=2))
     return outcome
+
+
+def _checkpoint_progress(checkpoint: str) -> tuple[int, int | None]:
+    """(steps done, steps in all) from the checkpoint's ``trainer_state.json`` (Trainer and PPO write both)."""
+    import json
+
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return int(state.get("global_step", 0)), state.get("max_steps") or None
+
+
+def _announce_resume(spec: StageSpec, checkpoint: str, *, is_main: bool) -> None:
+    """Say that (and where) the stage resumes: the console and Prefect's logs (the task's run logger when there is
+    one, else stderr: an ``accelerate launch`` worker) and tags on the stage's MLflow run (rank 0)."""
+    if not is_main:
+        return
+    step, total = _checkpoint_progress(checkpoint)
+    line = f"resuming {spec.stage} from {Path(checkpoint).name} (step {step} of {total or '?'})"
+    try:
+        from prefect.logging import get_run_logger
+
+        get_run_logger().info(line)  # Prefect's console handler prints it too
+    except Exception:  # no Prefect run here (a launched worker, a direct call)
+        import sys
+
+        logger.info(line)
+        print(line, file=sys.stderr, flush=True)
+    if spec.mlflow_run_id:
+        from tasks.tracking.runs import set_tags
+
+        set_tags(spec.mlflow_run_id, {"rlhf.resumed_from": checkpoint, "rlhf.resumed_step": step,
+                                      "rlhf.resumed_of_steps": total or "?"})  # fmt: skip
 
 
 def _log_synchronously(trainer: Any) -> None:
