@@ -22,6 +22,7 @@ from tasks.stage_specs import PipelinePlan, StageJob
 from tasks.stage_tasks import TRAINING_TASKS, evaluate, prepare_data, register
 from tasks.tracking import runs as tracking
 from tasks.tracking.check import ensure_tracking_reachable, redact_secrets
+from tasks.tracking.stage_figure import log_stage_comparison
 
 __all__ = ["config_digest", "flow_run_name", "rlhf_pipeline"]
 
@@ -72,7 +73,9 @@ def flow_run_name() -> str:
 
 
 def _publish(summary: PipelineSummary) -> None:
-    """Prefect artifacts: a link to the MLflow parent run and the stage table."""
+    """Prefect artifacts: a link to the MLflow parent run and the stage table; the same comparison as a figure
+    on the MLflow parent run."""
+    log_stage_comparison(summary.parent_run_id, [row.model_dump() for row in summary.rows])
     create_link_artifact(
         link=tracking.run_url(summary.parent_run_id),
         link_text="MLflow parent run",

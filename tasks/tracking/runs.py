@@ -84,15 +84,22 @@ def run_url(run_id: str) -> str:
     return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI overview (traces, empty here); the classic
+# kind opens on the training runs and their charts. A kind the user set on the experiment is kept.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def _experiment_id(name: str) -> str:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            experiment = client.get_experiment(client.create_experiment(name))
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+            experiment = client.get_experiment_by_name(name)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def _logger():

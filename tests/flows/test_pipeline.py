@@ -81,6 +81,7 @@ def test_evaluation_on_the_parent_and_the_stage_table(first_run):
     assert parent.data.metrics["sft_kl_to_ref"] == 0.0 and parent.data.metrics["sft_win_rate"] == 0.5
     assert [row.stage for row in first_run.rows] == ["prepare_data", "base", *TRAINING, "evaluate"]
     assert first_run.wall_seconds > first_run.work_seconds > first_run.train_seconds > 0
+    assert "stage_comparison.png" in _artifacts(first_run.parent_run_id)  # the same comparison as a figure
 
 
 def test_final_policy_registered_as_champion(first_run):
