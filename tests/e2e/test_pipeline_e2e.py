@@ -336,6 +336,11 @@ def test_prefect_yaml_deploys_to_a_work_pool_whose_worker_runs_the_flows(stack: 
     inbox, store = tmp_path / "inbox", tmp_path / "store"
     inbox.mkdir()
     api(stack, "POST", "/work_pools/", json={"name": "rlhf", "type": "process"})
+    # prefect.yaml also holds the Kubernetes deployment: its pool is created from the shipped base job template,
+    # so the server checks that template too (no Kubernetes worker runs here).
+    k8s_template = json.loads((root / "deployments" / "k8s" / "work-pool-template.json").read_text())
+    created = api(stack, "POST", "/work_pools/", json={"name": "rlhf-k8s", "type": "kubernetes", "base_job_template": k8s_template})
+    assert created.status_code == 201, created.text
     env = {**stack.env, "RLHF_WATCH_FOLDER": str(inbox), "PREFECT_WORKER_QUERY_SECONDS": "2"}
     deploy = subprocess.run(
         [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all",
@@ -347,6 +352,7 @@ def test_prefect_yaml_deploys_to_a_work_pool_whose_worker_runs_the_flows(stack: 
     pipeline = deployment(stack, PIPELINE)
     assert (pipeline["work_pool_name"], pipeline["work_queue_name"]) == ("rlhf", "default")
     assert deployment(stack, ("rlhf-pipeline", "rlhf-pipeline-gpu"))["work_queue_name"] == "gpu"
+    assert deployment(stack, ("rlhf-pipeline", "rlhf-pipeline-k8s"))["work_pool_name"] == "rlhf-k8s"
     (schedule,) = pipeline["schedules"]
     assert schedule["schedule"]["cron"] == "0 3 * * 1" and schedule["active"] is False
     automations = api(stack, "POST", "/automations/filter", json={}).json()
