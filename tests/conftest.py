@@ -127,3 +127,15 @@ def _tiny_raw_config(root: Path, **sections: Any) -> dict[str, Any]:
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return raw
+
+
+def pytest_sessionstart(session):
+    """Under CI the real-data tests must run: a missing HH-RLHF file would turn them into skips, so CI stops here
+    instead (CI lays a copy of shared/ beside the checkout)."""
+    if os.environ.get("CI", "").lower() in ("", "0", "false"):
+        return
+    from rlhf_core.data.hh_rlhf import default_hh_rlhf_path
+
+    path = default_hh_rlhf_path()
+    if not path.is_file():
+        raise pytest.UsageError(f"CI: the HH-RLHF file is missing at {path}; the real-data tests would only skip")
