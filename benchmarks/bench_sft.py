@@ -215,7 +215,7 @@ def _report(mode: str, ours: dict, trl: dict, rate: dict) -> None:
     print(f"ours/TRL: tokens/s {speed:.2f}x, per CPU-s {speed_cpu:.2f}x (target >= {TOKENS_TARGET}x: "
           f"{verdict(speed >= TOKENS_TARGET)}); peak RSS {memory:.2f}x (target <= {RSS_TARGET}x: "
           f"{verdict(memory <= RSS_TARGET)}); MFU {100 * ours['mfu']:.1f}%, by CPU time {100 * ours['mfu_cpu']:.1f}% "
-          f"(target >= {100 * MFU_TARGET:.0f}%: {verdict(ours['mfu'] >= MFU_TARGET)})")  # fmt: skip
+          f"(target >= {100 * MFU_TARGET:.0f}%: {verdict(min(ours['mfu'], ours['mfu_cpu']) >= MFU_TARGET)})")  # fmt: skip
 
 
 def main() -> None:
