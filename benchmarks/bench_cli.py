@@ -34,11 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # The flow's first line: its first stage (prepare-data) starts right after (Prefect logs no task-start line)
 FLOW_BEGINS = re.compile(r"Beginning flow run")
 CLI_STARTUP = re.compile(r"process start-up \(imports, Prefect API, MLflow store\): ([\d.]+) s")
-OVERHEAD = re.compile(r"overhead \(Prefect \+ MLflow, inside the flow\): ([\d.]+) s = ([\d.]+)% of the pipeline")
+OVERHEAD = re.compile(
+    r"overhead \(Prefect \+ MLflow, inside the flow\): ([\d.]+) s = ([\d.]+)% of the pipeline"
+)
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "MLFLOW_TRACKING_URI"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "MLFLOW_TRACKING_URI"))
+    }
     env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                TRANSFORMERS_NO_ADVISORY_WARNINGS="1")  # fmt: skip
     return env
@@ -57,7 +61,12 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float, int, str]:
     """(wall s, CPU s of the process and its children, exit status, output tail)."""
     cpu, start = _children_cpu(), time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
-    return time.perf_counter() - start, _children_cpu() - cpu, done.returncode, (done.stdout + done.stderr)[-2000:]
+    return (
+        time.perf_counter() - start,
+        _children_cpu() - cpu,
+        done.returncode,
+        (done.stdout + done.stderr)[-2000:],
+    )
 
 
 def run_pipeline(config: Path, cwd: Path) -> dict[str, float | None]:
@@ -92,7 +101,9 @@ def _row(what: str, value: float | None, unit: str, target: str, extra: str = ""
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     parser.add_argument("--skip-run", action="store_true", help="only validate and ingest")
     args = parser.parse_args()
@@ -101,7 +112,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
         work = Path(tmp)
         wall, cpu, status, tail = timed(_command("validate", str(config)), work)
-        rows.append(_row(f"rlhf validate {config.name}", wall, "s", "<= 3 s", f"CPU {cpu:.1f} s, exit {status}"))
+        rows.append(
+            _row(f"rlhf validate {config.name}", wall, "s", "<= 3 s", f"CPU {cpu:.1f} s, exit {status}")
+        )
         if status:
             print(tail, file=sys.stderr)
         from rlhf_core.data.hh_rlhf import default_hh_rlhf_path

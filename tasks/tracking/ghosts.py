@@ -74,7 +74,12 @@ class GhostReport:
 
 def _mark(client: MlflowClient, run_id: str, reason: str, found_by: str, report: GhostReport) -> None:
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    tags = {FOUND_BY_TAG: found_by, FOUND_AT_TAG: now, REASON_TAG: reason, "rlhf.error": f"ghost run: {reason}"}
+    tags = {
+        FOUND_BY_TAG: found_by,
+        FOUND_AT_TAG: now,
+        REASON_TAG: reason,
+        "rlhf.error": f"ghost run: {reason}",
+    }
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
     report.marked[run_id] = reason
@@ -135,4 +140,6 @@ def doctor(experiment_names: Iterable[str] | None = None) -> GhostReport:
     from tasks.tracking.runs import configure_tracking
 
     configure_tracking()
-    return mark_ghost_runs(experiment_names, found_by=f"rlhf doctor ({getpass.getuser()}@{socket.gethostname()})")
+    return mark_ghost_runs(
+        experiment_names, found_by=f"rlhf doctor ({getpass.getuser()}@{socket.gethostname()})"
+    )

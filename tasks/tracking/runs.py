@@ -132,7 +132,9 @@ def parent_run(experiment_name: str, run_name: str, tags: Mapping[str, str]) -> 
     experiment_id = _experiment_id(experiment_name)
     digest = tags.get("rlhf.config_digest")
     if digest:
-        found_by = f"start-up of pipeline run {run_name!r} (flow run {tags.get('prefect.flow_run_id') or '-'})"
+        found_by = (
+            f"start-up of pipeline run {run_name!r} (flow run {tags.get('prefect.flow_run_id') or '-'})"
+        )
         for line in mark_ghost_runs([experiment_name], config_digest=digest, found_by=found_by).lines():
             _logger().warning("MLflow: %s", line)
     run = client.create_run(experiment_id, run_name=run_name, tags={**owner_tags(), **tags})

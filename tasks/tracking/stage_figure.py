@@ -10,7 +10,11 @@ from typing import Any
 __all__ = ["PANELS", "log_stage_comparison", "stage_comparison_figure"]
 
 # (row field, panel title): the columns of the Prefect stage table that compare stages
-PANELS = (("judge_score", "judge score"), ("reward_score", "reward-model score"), ("kl_to_ref", "KL to reference"))
+PANELS = (
+    ("judge_score", "judge score"),
+    ("reward_score", "reward-model score"),
+    ("kl_to_ref", "KL to reference"),
+)
 ARTIFACT = "stage_comparison.png"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -28,7 +29,7 @@ class KillAfterSave(TrainerCallback):
 
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)  # every attempt with the same reduction order
-    spec = StageSpec.model_validate_json(open(argv[0]).read())
+    spec = StageSpec.model_validate_json(Path(argv[0]).read_text())
     callbacks = [KillAfterSave(int(argv[1]))] if len(argv) > 1 else []
     run_stage_training(spec, callbacks=callbacks)
 

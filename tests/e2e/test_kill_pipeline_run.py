@@ -4,6 +4,7 @@ config RUNNING. Local defaults: the CLI's own temporary Prefect API and a SQLite
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -32,11 +33,17 @@ CONFIG = {
         "sft": {"args": {"max_steps": 1, "per_device_train_batch_size": 8, "max_length": 48, **COMMON}},
         "reward": {"enabled": False},
         "dpo": {"enabled": False},
-        "ppo": {"reward": "judge",
-                "args": {"max_steps": 8, "batch_size": 4, "response_length": 6, "save_steps": 2, **COMMON}},
+        "ppo": {
+            "reward": "judge",
+            "args": {"max_steps": 8, "batch_size": 4, "response_length": 6, "save_steps": 2, **COMMON},
+        },
     },  # fmt: skip
     "evaluation": {"max_new_tokens": 4, "num_samples": 1, "batch_size": 2},
-    "tracking": {"experiment_name": "ghost-check", "registered_model_name": "ghost-policy", "log_models": False},
+    "tracking": {
+        "experiment_name": "ghost-check",
+        "registered_model_name": "ghost-policy",
+        "log_models": False,
+    },
 }
 
 
@@ -60,16 +67,16 @@ def _kill_tree(pid: int) -> None:
     except psutil.NoSuchProcess:
         return
     for proc in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(family[1:], timeout=10)  # the root is reaped by its Popen (its exit status is checked)
 
 
 def _saved_ppo_checkpoint(root: Path) -> Path | None:
     # ppo_state.json is the last file of a PPO checkpoint: the folder is complete
-    return next(iter(sorted((root / "outputs").glob("stages/ppo-*/checkpoints/checkpoint-*/ppo_state.json"))), None)
+    return next(
+        iter(sorted((root / "outputs").glob("stages/ppo-*/checkpoints/checkpoint-*/ppo_state.json"))), None
+    )
 
 
 def test_kill_9_during_ppo_then_rerun_leaves_no_ghosts_and_resumes(tmp_path):
@@ -92,7 +99,10 @@ def test_kill_9_during_ppo_then_rerun_leaves_no_ghosts_and_resumes(tmp_path):
     client = MlflowClient()
     experiment = client.get_experiment_by_name("ghost-check").experiment_id
     left = client.search_runs([experiment], "attributes.status = 'RUNNING'")
-    assert {r.data.tags.get("rlhf.stage", "pipeline") for r in left} == {"pipeline", "ppo"}  # what kill -9 leaves
+    assert {r.data.tags.get("rlhf.stage", "pipeline") for r in left} == {
+        "pipeline",
+        "ppo",
+    }  # what kill -9 leaves
 
     second = _rlhf(tmp_path, tmp_path / "second.log")
     try:
@@ -106,5 +116,7 @@ def test_kill_9_during_ppo_then_rerun_leaves_no_ghosts_and_resumes(tmp_path):
         marked = client.get_run(run.info.run_id)
         assert marked.info.status == "FAILED"
         assert marked.data.tags["rlhf.ghost.found_by"].startswith("start-up of pipeline run")
-    ppo_runs = client.search_runs([experiment], "tags.`rlhf.stage` = 'ppo' and attributes.status = 'FINISHED'")
+    ppo_runs = client.search_runs(
+        [experiment], "tags.`rlhf.stage` = 'ppo' and attributes.status = 'FINISHED'"
+    )
     assert len(ppo_runs) == 1 and ppo_runs[0].data.tags["rlhf.resumed_step"].isdigit()

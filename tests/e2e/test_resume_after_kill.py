@@ -26,8 +26,13 @@ COMMON = {"learning_rate": 1e-3, "lr_scheduler_type": "linear", "logging_steps":
 STAGES = {
     "sft": ({"per_device_train_batch_size": 4, "max_length": 48}, lambda: SyntheticTask().sft_dataset(32)),
     "ppo": (
-        {"per_device_train_batch_size": 4, "num_mini_batches": 2, "num_ppo_epochs": 2, "response_length": 8,
-         "temperature": 1.0},  # fmt: skip
+        {
+            "per_device_train_batch_size": 4,
+            "num_mini_batches": 2,
+            "num_ppo_epochs": 2,
+            "response_length": 8,
+            "temperature": 1.0,
+        },  # fmt: skip
         lambda: SyntheticTask().prompt_dataset(16, split="train"),
     ),
 }

@@ -25,9 +25,7 @@ def _pipeline_run(experiment: str, digest: str, owner: dict[str, str]) -> tuple[
     client = MlflowClient()
     exp = tracking._experiment_id(experiment)
     parent = client.create_run(exp, tags={"rlhf.role": "pipeline", "rlhf.config_digest": digest, **owner})
-    stage = client.create_run(
-        exp, tags={"rlhf.stage": "ppo", "mlflow.parentRunId": parent.info.run_id}
-    )
+    stage = client.create_run(exp, tags={"rlhf.stage": "ppo", "mlflow.parentRunId": parent.info.run_id})
     return parent.info.run_id, stage.info.run_id
 
 
@@ -54,7 +52,9 @@ def test_next_pipeline_run_of_the_config_marks_its_dead_runs_failed(mlflow_store
         assert tags[ghosts.FOUND_AT_TAG].startswith("20") and tags["rlhf.error"].startswith("ghost run: ")
     for parent, stage in (ghost, reused):
         assert "is gone" in MlflowClient().get_run(parent).data.tags[ghosts.REASON_TAG]
-        assert f"pipeline run {parent} is FAILED" in MlflowClient().get_run(stage).data.tags[ghosts.REASON_TAG]
+        assert (
+            f"pipeline run {parent} is FAILED" in MlflowClient().get_run(stage).data.tags[ghosts.REASON_TAG]
+        )
     for run_id in (*alive, *other_config, *other_host):
         assert _status(run_id) == "RUNNING"
     assert MlflowClient().get_run(new).data.tags[ghosts.PID_TAG] == owner[ghosts.PID_TAG]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mlflow.tracking import MlflowClient
 
 from tasks.tracking import runs as tracking
@@ -29,7 +31,7 @@ def test_figure_is_a_png_on_the_parent_run_and_the_experiment_opens_on_runs(mlfl
         assert log_stage_comparison(parent, ROWS) == ARTIFACT
     client = MlflowClient()
     png = client.download_artifacts(parent, ARTIFACT, str(tmp_path))
-    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     experiment = client.get_experiment_by_name("figure")
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
 
