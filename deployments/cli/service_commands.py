@@ -73,7 +73,7 @@ def ingest(args: argparse.Namespace) -> int:
 
 def doctor(args: argparse.Namespace) -> int:
     """Mark ghost runs FAILED (`tasks.tracking.ghosts`), in the config's experiment or in every experiment."""
-    from tasks.tracking.ghosts import doctor as sweep
+    from tasks.tracking.runs import doctor as sweep
 
     names = None
     if args.config:

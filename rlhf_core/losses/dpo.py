@@ -331,11 +331,7 @@ def dpo_loss(
     names = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     weights = _check_dpo_arguments(names, loss_weights, beta, label_smoothing)
     _check_f_divergence(names, f_divergence_type)
-    shapes = {
-        t.shape for t in (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    }
-    if len(shapes) != 1 or policy_chosen_logps.dim() != 1:
-        raise ValueError(f"dpo_loss expects four [B] tensors of the same shape, got shapes {sorted(shapes)}")
+    _check_logp_shapes(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     chosen_logratios = policy_chosen_logps - ref_chosen_logps.detach().to(policy_chosen_logps.dtype)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps.detach().to(policy_rejected_logps.dtype)
     pair = PairLogRatios(
@@ -349,7 +345,26 @@ def dpo_loss(
         chosen_lengths=chosen_lengths,
         rejected_lengths=rejected_lengths,
     )
-    losses = torch.zeros_like(policy_chosen_logps)
+    losses, terms = _weighted_terms(pair, names, weights, pair_weights)
+    return DPOLossOutput(
+        losses=losses,
+        chosen_rewards=(beta * chosen_logratios).detach(),
+        rejected_rewards=(beta * rejected_logratios).detach(),
+        terms=terms,
+    )
+
+
+def _check_logp_shapes(*logps: torch.Tensor) -> None:
+    shapes = {t.shape for t in logps}
+    if len(shapes) != 1 or logps[0].dim() != 1:
+        raise ValueError(f"dpo_loss expects four [B] tensors of the same shape, got shapes {sorted(shapes)}")
+
+
+def _weighted_terms(
+    pair: PairLogRatios, names: list[str], weights: Sequence[float], pair_weights: torch.Tensor | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``sum_k w_k * loss_k`` per pair (each optionally scaled by its WPO pair weight) and each term's batch mean."""
+    losses = torch.zeros_like(pair.policy_chosen_logps)
     terms: dict[str, torch.Tensor] = {}
     for name, weight in zip(names, weights):
         term = DPO_LOSSES[name](pair)
@@ -357,12 +372,7 @@ def dpo_loss(
             term = term * pair_weights.detach().to(term.dtype)
         terms[name] = term.detach().mean()
         losses = losses + weight * term
-    return DPOLossOutput(
-        losses=losses,
-        chosen_rewards=(beta * chosen_logratios).detach(),
-        rejected_rewards=(beta * rejected_logratios).detach(),
-        terms=terms,
-    )
+    return losses, terms
 
 
 def _check_f_divergence(names: list[str], f_divergence_type: str) -> None:

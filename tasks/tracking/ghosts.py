@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from mlflow.entities import RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["GhostReport", "doctor", "mark_ghost_runs", "owner_tags"]
+__all__ = ["GhostReport", "mark_ghost_runs", "owner_tags"]
 
 HOST_TAG, PID_TAG, STARTED_TAG = "rlhf.owner.host", "rlhf.owner.pid", "rlhf.owner.started"
 FOUND_BY_TAG, FOUND_AT_TAG, REASON_TAG = "rlhf.ghost.found_by", "rlhf.ghost.found_at", "rlhf.ghost.reason"
@@ -131,15 +131,3 @@ def _is_owned_here(tags: dict[str, str]) -> bool:
 
 def _parent_of_digest(client: MlflowClient, parent_id: str, digest: str) -> bool:
     return client.get_run(parent_id).data.tags.get("rlhf.config_digest") == digest
-
-
-def doctor(experiment_names: Iterable[str] | None = None) -> GhostReport:
-    """``rlhf doctor``: sweep the configured tracking store (every experiment, or the named ones) for ghosts."""
-    import getpass
-
-    from tasks.tracking.runs import configure_tracking
-
-    configure_tracking()
-    return mark_ghost_runs(
-        experiment_names, found_by=f"rlhf doctor ({getpass.getuser()}@{socket.gethostname()})"
-    )

@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
+if TYPE_CHECKING:
+    from tasks.tracking.ghosts import GhostReport
+
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "attached_run",
     "callback_environment",
     "configure_tracking",
+    "doctor",
     "log_checkpoint_model",
     "log_dataset",
     "log_dict",
@@ -304,3 +309,16 @@ def _requirement(package: str) -> str:
     except PackageNotFoundError:
         return package
     return f"{package}=={installed.split('+')[0]}"  # no local build tag (+cpu, +cu121): pip cannot install it
+
+
+def doctor(experiment_names: Iterable[str] | None = None) -> GhostReport:
+    """``rlhf doctor``: sweep the configured tracking store (every experiment, or the named ones) for ghost runs
+    (`tasks.tracking.ghosts`; it lives here so that ghosts never imports this module back)."""
+    import getpass
+
+    from tasks.tracking.ghosts import mark_ghost_runs
+
+    configure_tracking()
+    return mark_ghost_runs(
+        experiment_names, found_by=f"rlhf doctor ({getpass.getuser()}@{socket.gethostname()})"
+    )
