@@ -84,12 +84,22 @@ def job_id(spec: StageSpec, flow_run_id: str | None = None) -> str:
     return f"rlhf-{Path(spec.stage_dir).name}-{flow_run_id}"
 
 
+# When one worker dies, its peers fail too, inside the collective they were waiting on (gloo/NCCL report
+# the closed connection). Those are consequences: the message leads with the workers that failed first.
+_PEER_SYMPTOMS = ("connection closed by peer", "remote worker crashing", "connection reset by peer")
+
+
+def _caused_by_peer(cause: BaseException) -> bool:
+    text = str(cause).lower()
+    return any(symptom in text for symptom in _PEER_SYMPTOMS)
+
+
 def _describe_failure(error: Exception, spec: StageSpec) -> str:
     failures = getattr(error, "worker_failures", None) or {}
     if not failures:
         return f"stage {spec.stage}: Ray Train job failed: {str(error).strip().splitlines()[-1]}"
     parts = []
-    for rank, cause in sorted(failures.items()):
+    for rank, cause in sorted(failures.items(), key=lambda item: (_caused_by_peer(item[1]), item[0])):
         record = worker_record(spec.stage_dir, rank) or {}
         where = f" (pid {record['pid']} on {record['node']})" if record else ""
         lines = [line for line in str(cause).strip().splitlines() if line.strip()]
