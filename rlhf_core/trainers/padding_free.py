@@ -4,14 +4,16 @@ A right-padded `[2B, T]` batch runs the transformer on `2B * T` positions; HH-RL
 many of them are padding. Packing the rows' real tokens one after another into k model rows whose position ids
 restart at 0 for each sequence lets transformers build a block-diagonal causal mask (no sequence sees another),
 so the body computes (almost) only real tokens; `RowLayout` maps each (row, position) of the padded batch to its
-place in the packed rows. Whether to pack, and into how many rows, is decided per batch from the SFT trainer's
-`BatchCostModel` (attention over a packed row is quadratic in its length, so a few packed rows often beat one).
+place in the packed rows. Whether to pack, and into how many rows, is decided per batch from `BatchCostModel`
+(attention over a packed row is quadratic in its length, so a few packed rows often beat one); the SFT trainer's
+padding-free collator decides with it too.
 Whether a model supports it at all is checked, not assumed: `supports_padding_free` runs a two-row probe both
 ways and compares (an encoder such as BERT attends both ways and fails it, so it keeps padded batches).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +22,59 @@ from torch import nn
 
 from rlhf_core.models.module_state import eval_mode
 from rlhf_core.trainers.model_setup import unwrap_model
-from rlhf_core.trainers.sft.padding_free import BatchCostModel
 
-__all__ = ["RowLayout", "padding_free_cost_model", "plan_layout", "supports_padding_free"]
+__all__ = [
+    "NO_ATTENTION_COST",
+    "BatchCostModel",
+    "RowLayout",
+    "padding_free_cost_model",
+    "plan_layout",
+    "supports_padding_free",
+]
+
+
+@dataclass(frozen=True)
+class BatchCostModel:
+    """Forward FLOPs of the transformer body for a batch layout (the LM head only sees loss tokens either way).
+
+    ``dense_per_token``: linear layers, all layers. ``attention_per_pair``: ``QK^T`` and ``AV`` per query-key pair,
+    all layers.
+    """
+
+    dense_per_token: float
+    attention_per_pair: float
+
+    @classmethod
+    def from_config(cls, config: Any) -> BatchCostModel | None:
+        """From a transformers config with Llama-style field names; None when a field is missing."""
+        try:
+            hidden = int(config.hidden_size)
+            layers = int(config.num_hidden_layers)
+            heads = int(config.num_attention_heads)
+            kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+            intermediate = int(config.intermediate_size)
+        except (AttributeError, TypeError):
+            return None
+        attention_proj = 2 * hidden * hidden + 2 * hidden * (hidden * kv_heads // heads)
+        dense = 2 * layers * (attention_proj + 3 * hidden * intermediate)
+        return cls(dense_per_token=float(dense), attention_per_pair=float(4 * hidden * layers))
+
+    def rows_cost(self, n_rows: int, width: int) -> float:
+        """``n_rows`` model rows of ``width`` positions: dense work per position, attention per query-key pair."""
+        return n_rows * (width * self.dense_per_token + width * width * self.attention_per_pair)
+
+    def padded_cost(self, lengths: Sequence[int]) -> float:
+        return self.rows_cost(len(lengths), max(lengths))
+
+    def merged_cost(self, lengths: Sequence[int]) -> float:
+        return self.rows_cost(1, sum(lengths))
+
+    def should_merge(self, lengths: Sequence[int]) -> bool:
+        return len(lengths) > 1 and self.merged_cost(lengths) < self.padded_cost(lengths)
+
+
+# Rows of different lengths always merge under it (the probe's layout; tests use it to force padding-free batches).
+NO_ATTENTION_COST = BatchCostModel(dense_per_token=1.0, attention_per_pair=0.0)
 
 
 @dataclass(frozen=True)
@@ -78,7 +130,7 @@ def plan_layout(attention_mask: torch.Tensor, cost_model: BatchCostModel | None)
     if cost_model is None or n_rows < 2:
         return RowLayout(merged=False)
     lengths = attention_mask.sum(dim=1).tolist()
-    best_cost, best = _cost(cost_model, n_rows, max(lengths)), RowLayout(merged=False)
+    best_cost, best = cost_model.rows_cost(n_rows, max(lengths)), RowLayout(merged=False)
     order = sorted(range(n_rows), key=lambda r: -lengths[r])
     for n_bins in range(1, n_rows):
         fill, bins, offsets = [0] * n_bins, [0] * n_rows, [0] * n_rows
@@ -86,14 +138,10 @@ def plan_layout(attention_mask: torch.Tensor, cost_model: BatchCostModel | None)
             b = min(range(n_bins), key=fill.__getitem__)
             bins[r], offsets[r] = b, fill[b]
             fill[b] += lengths[r]
-        cost = _cost(cost_model, n_bins, max(fill))
+        cost = cost_model.rows_cost(n_bins, max(fill))
         if cost < best_cost:
             best_cost, best = cost, RowLayout(True, tuple(bins), tuple(offsets), max(fill))
     return best
-
-
-def _cost(cost_model: BatchCostModel, n_rows: int, width: int) -> float:
-    return n_rows * (width * cost_model.dense_per_token + width * width * cost_model.attention_per_pair)
 
 
 def padding_free_cost_model(model: nn.Module, setting: bool | None) -> BatchCostModel | None:
@@ -120,7 +168,7 @@ def supports_padding_free(model: nn.Module) -> bool:
     ids = torch.tensor([[3, 4, 5], [6, 7, 0]], device=_device_of(inner))
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], device=ids.device)
     padded_layout = RowLayout(merged=False)
-    merged_layout = plan_layout(mask, _AlwaysMerge())
+    merged_layout = plan_layout(mask, NO_ATTENTION_COST)
     try:
         with eval_mode(inner):
             padded = _first_output(inner(**padded_layout.model_inputs(ids, mask), use_cache=False))
@@ -139,16 +187,6 @@ def _probe_hidden_states(inner: nn.Module, ids, mask, padded_layout, merged_layo
     padded = _first_output(base(**padded_layout.model_inputs(ids, mask)))
     merged = _first_output(base(**merged_layout.model_inputs(ids, mask)))
     return _same_outputs(padded, merged, mask, padded_layout, merged_layout)
-
-
-class _AlwaysMerge(BatchCostModel):
-    """No attention cost: rows of different lengths are always merged (the probe's layout; tests force it too)."""
-
-    def __init__(self) -> None:
-        super().__init__(dense_per_token=1.0, attention_per_pair=0.0)
-
-    def should_merge(self, lengths: Any) -> bool:
-        return True
 
 
 def _same_outputs(padded, merged, mask, padded_layout: RowLayout, merged_layout: RowLayout) -> bool:

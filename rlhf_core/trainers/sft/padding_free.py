@@ -7,54 +7,18 @@ each row - what packing does, but within one micro-batch - removes that work: tr
 causal mask from the restarting position ids, so no row attends to another and every per-row loss is unchanged
 (`tests/rlhf_core/trainers/test_sft_equivalence.py` checks it). The price is attention over a longer row
 (``sum(L)^2`` instead of ``B * max(L)^2`` query-key pairs; the CPU attention kernels do not skip masked blocks),
-so a batch of rows that are already full (packed rows) is better left as it is. `BatchCostModel` decides per
-micro-batch from the model's shape.
+so a batch of rows that are already full (packed rows) is better left as it is. `BatchCostModel`
+(`rlhf_core.trainers.padding_free`, shared with the preference trainers) decides per micro-batch from the model's
+shape.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class BatchCostModel:
-    """Forward FLOPs of the transformer body for a batch layout (the LM head only sees loss tokens either way).
-
-    ``dense_per_token``: linear layers, all layers. ``attention_per_pair``: ``QK^T`` and ``AV`` per query-key pair,
-    all layers.
-    """
-
-    dense_per_token: float
-    attention_per_pair: float
-
-    @classmethod
-    def from_config(cls, config: Any) -> BatchCostModel | None:
-        """From a transformers config with Llama-style field names; None when a field is missing."""
-        try:
-            hidden = int(config.hidden_size)
-            layers = int(config.num_hidden_layers)
-            heads = int(config.num_attention_heads)
-            kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-            intermediate = int(config.intermediate_size)
-        except (AttributeError, TypeError):
-            return None
-        attention_proj = 2 * hidden * hidden + 2 * hidden * (hidden * kv_heads // heads)
-        dense = 2 * layers * (attention_proj + 3 * hidden * intermediate)
-        return cls(dense_per_token=float(dense), attention_per_pair=float(4 * hidden * layers))
-
-    def padded_cost(self, lengths: Sequence[int]) -> float:
-        width = max(lengths)
-        return len(lengths) * (width * self.dense_per_token + width * width * self.attention_per_pair)
-
-    def merged_cost(self, lengths: Sequence[int]) -> float:
-        total = sum(lengths)
-        return total * self.dense_per_token + total * total * self.attention_per_pair
-
-    def should_merge(self, lengths: Sequence[int]) -> bool:
-        return len(lengths) > 1 and self.merged_cost(lengths) < self.padded_cost(lengths)
+from rlhf_core.trainers.padding_free import BatchCostModel
 
 
 def reads_packed_position_ids(model: Any) -> bool:

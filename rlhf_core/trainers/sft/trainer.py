@@ -30,9 +30,10 @@ from rlhf_core.trainers.model_setup import (
     model_name_or_path,
     resolve_processing_class_alias,
 )
+from rlhf_core.trainers.padding_free import BatchCostModel
 from rlhf_core.trainers.sft.config import SFTConfig
 from rlhf_core.trainers.sft.data import NUM_TOKENS_KEY, TokenCountingCollator, prepare_sft_dataset
-from rlhf_core.trainers.sft.padding_free import BatchCostModel, PaddingFreeCollator, reads_packed_position_ids
+from rlhf_core.trainers.sft.padding_free import PaddingFreeCollator, reads_packed_position_ids
 from rlhf_core.trainers.sft.token_stats import (
     fused_token_stats,
     plain_token_stats,

@@ -21,7 +21,7 @@ from family_cases import (
     string_pairs,
 )
 
-from rlhf_core.trainers.padding_free import _AlwaysMerge
+from rlhf_core.trainers.padding_free import NO_ATTENTION_COST
 from rlhf_core.trainers.preference.reward import RewardTrainer
 from rlhf_core.trainers.preference.reward_config import RewardConfig
 
@@ -52,6 +52,7 @@ def test_trainer_scores_equal_plain_inference_of_saved_model(family, tmp_path):
             got = torch.cat(trainer.pair_rewards(model, {"input_ids": ids, "attention_mask": mask}))
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4, msg=f"{family} {name}")
         if not is_encoder(family):
-            trainer._cost_model = _AlwaysMerge()  # every batch padding-free: the rows merged into fewer rows
+            # every batch padding-free: the rows merged into fewer rows
+            trainer._cost_model = NO_ATTENTION_COST
             got = torch.cat(trainer.pair_rewards(model, {"input_ids": ids, "attention_mask": mask}))
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4, msg=f"{family} padding-free")

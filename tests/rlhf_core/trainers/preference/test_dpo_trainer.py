@@ -15,12 +15,17 @@ from rlhf_core.data.formats import DataFormatError
 from rlhf_core.data.synthetic import SyntheticTask
 from rlhf_core.losses.dpo import DPO_LOSSES
 from rlhf_core.models.loading import load_causal_lm, load_tokenizer
-from rlhf_core.trainers.padding_free import RowLayout, plan_layout, supports_padding_free
+from rlhf_core.trainers.padding_free import (
+    NO_ATTENTION_COST,
+    BatchCostModel,
+    RowLayout,
+    plan_layout,
+    supports_padding_free,
+)
 from rlhf_core.trainers.preference import dpo as dpo_module
 from rlhf_core.trainers.preference.dpo import DPOTrainer
 from rlhf_core.trainers.preference.dpo_config import DPOConfig
 from rlhf_core.trainers.preference.logprobs import completion_logprobs
-from rlhf_core.trainers.sft.padding_free import BatchCostModel
 
 BETA = 0.1
 
@@ -128,7 +133,7 @@ def test_padding_free_rows_give_the_padded_log_probs_and_gradients(tokenizer, pa
     for a, p in zip(padded_grads, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-5, rtol=1e-3)
     # the trainer's loss through merged rows equals its loss with padding_free=False
-    trainer._cost_models[id(model)] = _Always()
+    trainer._cost_models[id(model)] = NO_ATTENTION_COST
     unmerged = DPOTrainer(
         model=model, args=config(padding_free=False), train_dataset=pairs, tokenizer=tokenizer
     )
@@ -137,14 +142,6 @@ def test_padding_free_rows_give_the_padded_log_probs_and_gradients(tokenizer, pa
         assert trainer.compute_loss(model, batch).item() == pytest.approx(
             unmerged.compute_loss(model, batch).item(), abs=1e-6
         )
-
-
-class _Always(BatchCostModel):
-    def __init__(self):
-        super().__init__(dense_per_token=1.0, attention_per_pair=0.0)
-
-    def should_merge(self, lengths):
-        return True
 
 
 def test_first_step_loss_is_ln2_with_an_in_memory_model_and_its_frozen_copy(tokenizer, pairs):

@@ -184,7 +184,7 @@ def test_padding_free_batches_give_the_same_loss_and_gradients(tokenizer, conver
 def test_padding_free_auto_merges_only_when_it_computes_less():
     from transformers import LlamaConfig
 
-    from rlhf_core.trainers.sft.padding_free import BatchCostModel
+    from rlhf_core.trainers.padding_free import BatchCostModel
 
     cost = BatchCostModel(dense_per_token=10.0, attention_per_pair=1.0)
     # [10, 2]: padded 2 * (10 * 10 + 10^2) = 400, merged 12 * 10 + 12^2 = 264.
