@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from rlhf_core.losses.registry import LossRegistry
+
 __all__ = [
     "DPO_LOSSES",
     "F_DIVERGENCES",
@@ -59,19 +61,9 @@ class PairLogRatios:
 
 
 DPOLossFn = Callable[[PairLogRatios], torch.Tensor]
-DPO_LOSSES: dict[str, DPOLossFn] = {}
-
-
-def register_dpo_loss(name: str) -> Callable[[DPOLossFn], DPOLossFn]:
-    """Decorator adding a variant to `DPO_LOSSES` under `name` (the value users pass as `loss_type`)."""
-
-    def add(fn: DPOLossFn) -> DPOLossFn:
-        if name in DPO_LOSSES:
-            raise ValueError(f"DPO loss {name!r} is already registered")
-        DPO_LOSSES[name] = fn
-        return fn
-
-    return add
+DPO_LOSSES: LossRegistry[DPOLossFn] = LossRegistry("DPO")
+# Decorator adding a variant to `DPO_LOSSES` under a name (the value users pass as `loss_type`).
+register_dpo_loss = DPO_LOSSES.register
 
 
 @register_dpo_loss("sigmoid")

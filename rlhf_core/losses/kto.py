@@ -23,23 +23,15 @@ from typing import NamedTuple
 
 import torch
 
+from rlhf_core.losses.registry import LossRegistry
+
 __all__ = ["KTO_LOSSES", "KTOLossOutput", "kto_loss", "kto_reference_point", "register_kto_loss"]
 
 # (logratios [N], desirable [N] bool, z0 scalar, beta) -> unweighted per-example losses [N]
 KTOLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
-KTO_LOSSES: dict[str, KTOLossFn] = {}
-
-
-def register_kto_loss(name: str) -> Callable[[KTOLossFn], KTOLossFn]:
-    """Decorator adding a variant to `KTO_LOSSES` under `name` (the value users pass as `loss_type`)."""
-
-    def add(fn: KTOLossFn) -> KTOLossFn:
-        if name in KTO_LOSSES:
-            raise ValueError(f"KTO loss {name!r} is already registered")
-        KTO_LOSSES[name] = fn
-        return fn
-
-    return add
+KTO_LOSSES: LossRegistry[KTOLossFn] = LossRegistry("KTO")
+# Decorator adding a variant to `KTO_LOSSES` under a name (the value users pass as `loss_type`).
+register_kto_loss = KTO_LOSSES.register
 
 
 @register_kto_loss("kto")
