@@ -18,7 +18,7 @@ from torch import nn
 
 from rlhf_core.models.lm_head import is_plain_linear, lm_head_of
 from rlhf_core.models.value_head import backbone
-from rlhf_core.rollout.sampling import SamplingParams, sample_next_token
+from rlhf_core.rollout.sampling import SamplingParams, row_uniforms, sample_next_token
 
 __all__ = ["GenerationOutput", "generate", "position_ids_from_mask", "truncate_after_stop"]
 
@@ -109,6 +109,7 @@ def generate(
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
     return_hidden_states: bool = False,
+    row_seeds: Sequence[int] | None = None,
 ) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` tokens per row of left-padded ``input_ids`` [B, P].
 
@@ -118,6 +119,8 @@ def generate(
     under softmax(logits / temperature), unfiltered by top-k/top-p: the distribution PPO's training pass scores,
     read off the logits the sampler computed anyway instead of a second forward pass. ``return_hidden_states``
     returns the last hidden state each response token was sampled from, [B, R, H] (what a value head reads).
+    ``row_seeds`` (one per row): each row samples from a generator of its own (`row_uniforms`) instead of
+    ``generator``, so its response does not depend on which rows share its batch.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -127,6 +130,7 @@ def generate(
     stop_ids = torch.as_tensor(list(stop_token_ids or []), dtype=torch.long, device=input_ids.device)
     sampling = sampling or SamplingParams()
     logits = decoder.prefill(input_ids)
+    draws = None if row_seeds is None else row_uniforms(row_seeds, max_new_tokens, input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     tokens, logprobs, hidden = [], [], []
     for step in range(max_new_tokens):
@@ -134,7 +138,8 @@ def generate(
         if step < min_new_tokens and stop_ids.numel():
             logits = logits.index_fill(-1, stop_ids, -float("inf"))
         reusable = scaled if step >= min_new_tokens else None
-        token = sample_next_token(logits, sampling, generator, logprobs=reusable)
+        draw = None if draws is None else draws[:, step]
+        token = sample_next_token(logits, sampling, generator, logprobs=reusable, draw=draw)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         if scaled is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -62,11 +64,13 @@ def sample_next_token(
     generator: torch.Generator | None = None,
     *,
     logprobs: torch.Tensor | None = None,
+    draw: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pick one token per row from ``logits`` [B, V] -> [B] long.
 
     ``logprobs``: ``log_softmax(logits / temperature)`` when the caller has it already (it is reused when no
-    top-k/top-p filter applies, saving a pass over the vocabulary).
+    top-k/top-p filter applies, saving a pass over the vocabulary). ``draw``: [B] uniforms in [0, 1) to sample
+    with (`row_uniforms`) instead of drawing from ``generator``.
     """
     if not params.do_sample:
         return logits.argmax(dim=-1)
@@ -80,10 +84,12 @@ def sample_next_token(
         if filtered:
             scores = top_k_top_p_filtering(scores, top_k=params.top_k, top_p=params.top_p)
         probs = torch.softmax(scores, dim=-1)
-    return sample_from_probs(probs, generator)
+    return sample_from_probs(probs, generator, draw=draw)
 
 
-def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_from_probs(
+    probs: torch.Tensor, generator: torch.Generator | None = None, *, draw: torch.Tensor | None = None
+) -> torch.Tensor:
     """Inverse-CDF sampling: [B, V] probabilities (need not sum exactly to 1) -> [B] token ids.
 
     One uniform draw per row and a binary search in the cumulative sum. torch.multinomial (and the
@@ -91,6 +97,34 @@ def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = N
     slow as the model's forward pass. Zero-probability tokens (filtered out) can never be drawn.
     """
     cdf = probs.cumsum(dim=-1)
-    draw = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=cdf.dtype, device=cdf.device)
+    if draw is None:
+        draw = torch.rand(cdf.shape[:-1] + (1,), generator=generator, dtype=cdf.dtype, device=cdf.device)
+    else:
+        draw = draw.to(device=cdf.device, dtype=cdf.dtype).reshape(cdf.shape[:-1] + (1,))
     token = torch.searchsorted(cdf, draw * cdf[..., -1:], right=True)
     return token.clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+
+
+def episode_seeds(seed: int, update: int, positions: Iterable[int]) -> list[int]:
+    """One sampling seed per episode, from (run seed, update, the episode's place in the global batch).
+
+    A rollout sampled from one generator per process depends on how the global batch is split: with 2 processes
+    each rank draws the first numbers of the same stream for its own rows, so 2 ranks sample other responses
+    than 1 process with the whole batch. Seeds per episode make an episode's sample independent of the layout.
+    """
+    mask = 2**64 - 1  # SeedSequence takes non-negative entropy
+    return [
+        int(np.random.SeedSequence([seed & mask, update, position]).generate_state(1, np.uint64)[0])
+        for position in positions
+    ]
+
+
+def row_uniforms(
+    row_seeds: Sequence[int], steps: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``steps`` uniform draws per row from a generator of its own, seeded with its seed: [B] seeds -> [B, steps].
+
+    Row i's draws depend on ``row_seeds[i]`` alone: not on the other rows of its batch, its chunk or its process.
+    """
+    draws = [torch.rand(steps, generator=torch.Generator().manual_seed(int(s))) for s in row_seeds]
+    return torch.stack(draws).to(device) if draws else torch.empty(0, steps, device=device)

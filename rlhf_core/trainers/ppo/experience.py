@@ -105,11 +105,13 @@ def sample_responses(
     chunk_size: int,
     return_logprobs: bool = True,
     value_head: nn.Module | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Experience:
     """Responses to left-padded prompts, ``chunk_size`` rows at a time; [B, R], R the batch's longest response.
 
     With ``return_logprobs`` the sampled tokens' log-probs are read off the sampling logits, and with a
     ``value_head`` on the policy's hidden states the values too: the rollout then needs no policy pass of its own.
+    ``row_seeds`` (one per row, `episode_seeds`): each row's sample depends on its seed, not on the chunking.
     """
     parts: list[tuple[torch.Tensor | None, ...]] = []
     with eval_mode(policy, value_head):
@@ -124,6 +126,7 @@ def sample_responses(
                 sampling=sampling,
                 return_logprobs=return_logprobs,
                 return_hidden_states=value_head is not None,
+                row_seeds=None if row_seeds is None else row_seeds[start : start + chunk_size],
             )
             values = (
                 value_head(out.hidden_states).float() * out.response_mask if value_head is not None else None
@@ -351,14 +354,18 @@ class RolloutEngine:
         prompt_mask: torch.Tensor,
         prompts: Sequence[Any] | None,
         kl_coef: float,
+        row_seeds: Sequence[int] | None = None,
     ) -> Experience:
         """Prompts -> sampled, scored episodes -> old/reference log-probs, values, rewards, advantages."""
-        exp = self.sample(prompt_ids, prompt_mask)
+        exp = self.sample(prompt_ids, prompt_mask, row_seeds)
         exp.scores = self.score(exp.batch, prompts)
         return self.add_advantages(exp, kl_coef)
 
-    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Experience:
-        """Sampled episodes, with old log-probs and values unless ``recompute_rollout_logprobs``.
+    def sample(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, row_seeds: Sequence[int] | None = None
+    ) -> Experience:
+        """Sampled episodes (from ``row_seeds``, one per row, when given), with old log-probs and values unless
+        ``recompute_rollout_logprobs``.
 
         Under bf16/fp16 they are always recomputed: the KV-cache decode rounds differently from a full forward
         (measured: log-probs 1e-3 apart in bf16 on the CPU), and only the training pass's own computation makes
@@ -378,6 +385,7 @@ class RolloutEngine:
                 chunk_size=cfg.local_rollout_forward_batch_size,
                 return_logprobs=keep,
                 value_head=model.v_head if keep else None,
+                row_seeds=row_seeds,
             )
 
     def score(self, batch: ResponseBatch, prompts: Sequence[Any] | None = None) -> torch.Tensor:

@@ -44,6 +44,7 @@ from rlhf_core.models.module_state import disable_dropout, freeze
 from rlhf_core.models.pad_token import ensure_pad_token
 from rlhf_core.models.reference import create_reference_model
 from rlhf_core.models.value_head import AutoModelForCausalLMWithValueHead
+from rlhf_core.rollout.sampling import episode_seeds
 from rlhf_core.rollout.scoring import RewardFn
 from rlhf_core.trainers.base import NonFiniteLossError, last_checkpoint
 from rlhf_core.trainers.model_setup import (
@@ -275,10 +276,17 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
         """One PPO update of the full loop: prompts -> ``Experience`` -> the optimisation epochs over it."""
         device = self.accelerator.device
         started, kl_coef = time.time(), self.kl_ctl.value
-        exp = self.rollout.make_experience(
-            batch["input_ids"].to(device), batch["attention_mask"].to(device), batch.get("prompt"), kl_coef
-        )
         update = self.state.global_step + 1
+        # Seeds per episode (its place in the global batch): N processes sample what 1 process would.
+        first = self.accelerator.process_index * self.args.batch_size
+        seeds = episode_seeds(self.args.seed, update, range(first, first + len(batch["input_ids"])))
+        exp = self.rollout.make_experience(
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch.get("prompt"),
+            kl_coef,
+            seeds,
+        )
         if is_sample_update(update, self.state.max_steps, self.args.num_sample_generations):
             self.sample_generations += sample_rows(exp, self.processing_class, update)
         metrics = self._optimise(exp, kl_coef, rollout_seconds=time.time() - started)

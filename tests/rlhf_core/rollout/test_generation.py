@@ -99,3 +99,28 @@ def test_sampling_log_probs_equal_a_separate_scoring_pass(tiny, prompts):
     rescored = response_logprobs(model, batch, temperature=0.7)
     torch.testing.assert_close(out.logprobs, rescored, atol=1e-4, rtol=1e-4)
     assert (out.logprobs[out.response_mask == 0] == 0).all()
+
+
+def test_row_seeds_make_a_rows_sample_independent_of_its_batch(tiny, prompts):
+    """PPO on N processes samples what 1 process samples (each rank holds a slice of the global batch): a row's
+    response depends on its seed, not on the rows beside it, their padding or their order."""
+    from rlhf_core.rollout.sampling import episode_seeds
+
+    model, tok = tiny
+    ids, mask, rows = prompts
+    seeds = episode_seeds(0, 1, range(3))
+    assert len(set(seeds)) == 3 and episode_seeds(0, 1, [2]) == seeds[2:]
+    assert episode_seeds(0, 2, [2]) != seeds[2:]  # another update draws afresh
+    sampling = SamplingParams(temperature=1.0)
+
+    def sample(ids, mask, row_seeds):
+        return generate(model, ids, mask, max_new_tokens=8, pad_token_id=tok.pad_token_id, sampling=sampling,
+                        row_seeds=row_seeds).response_ids  # fmt: skip
+
+    together = sample(ids, mask, seeds)
+    for i, row in enumerate(rows):  # each row alone, unpadded, after the global generator moved on
+        torch.manual_seed(100 + i)
+        assert sample(row[None], None, [seeds[i]])[0].tolist() == together[i].tolist(), f"row {i}"
+    reversed_rows = sample(ids.flip(0), mask.flip(0), seeds[::-1])
+    assert torch.equal(reversed_rows.flip(0), together)
+    assert not torch.equal(sample(ids, mask, episode_seeds(1, 1, range(3))), together)  # the seeds are used
