@@ -110,6 +110,7 @@ def generate(
     return_logprobs: bool = False,
     return_hidden_states: bool = False,
     row_seeds: Sequence[int] | None = None,
+    prompt_repeats: int = 1,
 ) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` tokens per row of left-padded ``input_ids`` [B, P].
 
@@ -119,8 +120,10 @@ def generate(
     under softmax(logits / temperature), unfiltered by top-k/top-p: the distribution PPO's training pass scores,
     read off the logits the sampler computed anyway instead of a second forward pass. ``return_hidden_states``
     returns the last hidden state each response token was sampled from, [B, R, H] (what a value head reads).
-    ``row_seeds`` (one per row): each row samples from a generator of its own (`row_uniforms`) instead of
+    ``row_seeds`` (one per output row): each row samples from a generator of its own (`row_uniforms`) instead of
     ``generator``, so its response does not depend on which rows share its batch.
+    ``prompt_repeats`` samples that many responses per prompt (rows ``i * prompt_repeats ...`` of the output all
+    answer prompt ``i``, as GRPO's groups): the prompts are prefilled once and their KV cache repeated.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -130,6 +133,10 @@ def generate(
     stop_ids = torch.as_tensor(list(stop_token_ids or []), dtype=torch.long, device=input_ids.device)
     sampling = sampling or SamplingParams()
     logits = decoder.prefill(input_ids)
+    if prompt_repeats > 1:
+        logits = decoder.repeat(input_ids, prompt_repeats, logits)
+        input_ids = input_ids.repeat_interleave(prompt_repeats, dim=0)
+        attention_mask = attention_mask.repeat_interleave(prompt_repeats, dim=0)
     draws = None if row_seeds is None else row_uniforms(row_seeds, max_new_tokens, input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     tokens, logprobs, hidden = [], [], []
@@ -188,6 +195,18 @@ class _Decoder:
         logits = self._forward(input_ids=input_ids, attention_mask=mask, position_ids=self.positions)
         self.next_position = self.positions[:, -1:] + 1
         return logits
+
+    def repeat(self, input_ids: torch.Tensor, repeats: int, logits: torch.Tensor) -> torch.Tensor:
+        """Each prefilled row ``repeats`` times (KV cache included): the prompt's positions are computed once."""
+        self.full_mask = self.full_mask.repeat_interleave(repeats, dim=0)
+        self.positions = self.positions.repeat_interleave(repeats, dim=0)
+        self.next_position = self.next_position.repeat_interleave(repeats, dim=0)
+        self.hidden = self.hidden.repeat_interleave(repeats, dim=0)
+        if not hasattr(self.past, "batch_repeat_interleave"):  # a cache without batch ops: prefill them all
+            self.past = None
+            return self.prefill(input_ids.repeat_interleave(repeats, dim=0))
+        self.past.batch_repeat_interleave(repeats)
+        return logits.repeat_interleave(repeats, dim=0)
 
     def next(self, token: torch.Tensor, step: int) -> torch.Tensor:
         mask = self.full_mask[:, : self.prompt_len + step + 1]

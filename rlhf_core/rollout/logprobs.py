@@ -19,7 +19,14 @@ from rlhf_core.models.lm_head import is_plain_linear, lm_head_of
 from rlhf_core.models.value_head import backbone
 from rlhf_core.rollout.generation import position_ids_from_mask
 
-__all__ = ["ResponseBatch", "lm_head_of", "response_hidden_states", "response_logprobs", "token_logprobs"]
+__all__ = [
+    "ResponseBatch",
+    "lm_head_of",
+    "policy_logprobs",
+    "response_hidden_states",
+    "response_logprobs",
+    "token_logprobs",
+]
 
 
 @dataclass
@@ -120,6 +127,25 @@ def token_logprobs(
         logps, entropy = out
         return logps.view(batch, length), entropy.view(batch, length)
     return out.view(batch, length), None
+
+
+def policy_logprobs(
+    policy: nn.Module,
+    batch: ResponseBatch,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    hidden: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(log-probs [B, R], entropies [B, R] or None, the hidden states [B, R, H] they came from) of ``batch``'s
+    responses under causal LM ``policy``, with gradients. ``hidden``: those states when the caller has them."""
+    if hidden is None:
+        hidden = response_hidden_states(backbone(policy), batch)
+    logps, entropy = token_logprobs(
+        hidden, lm_head_of(policy), batch.response_ids, batch.response_mask,
+        temperature=temperature, return_entropy=return_entropy,
+    )  # fmt: skip
+    return logps, entropy, hidden
 
 
 def _module_head_logprobs(hidden, lm_head, labels, mask, temperature, return_entropy):

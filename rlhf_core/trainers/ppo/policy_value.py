@@ -22,7 +22,7 @@ from rlhf_core.models.value_head import (
     load_value_head,
     save_value_head,
 )
-from rlhf_core.rollout.logprobs import ResponseBatch, lm_head_of, response_hidden_states, token_logprobs
+from rlhf_core.rollout.logprobs import ResponseBatch, policy_logprobs, response_hidden_states
 from rlhf_core.rollout.scoring import score_head_of
 
 __all__ = ["PolicyAndValue", "PolicyValueOutput"]
@@ -83,14 +83,8 @@ class PolicyAndValue(nn.Module):
     ) -> PolicyValueOutput:
         """Log-probs of the response tokens (at ``temperature``) and the value before each of them."""
         batch = ResponseBatch(prompt_ids, prompt_mask, response_ids, response_mask)
-        hidden = response_hidden_states(backbone(self.policy), batch)
-        logps, entropy = token_logprobs(
-            hidden,
-            lm_head_of(self.policy),
-            response_ids,
-            response_mask,
-            temperature=temperature,
-            return_entropy=return_entropy,
+        logps, entropy, hidden = policy_logprobs(
+            self.policy, batch, temperature=temperature, return_entropy=return_entropy
         )
         return PolicyValueOutput(logps, entropy, self._values(batch, hidden))
 

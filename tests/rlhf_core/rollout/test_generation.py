@@ -124,3 +124,24 @@ def test_row_seeds_make_a_rows_sample_independent_of_its_batch(tiny, prompts):
     reversed_rows = sample(ids.flip(0), mask.flip(0), seeds[::-1])
     assert torch.equal(reversed_rows.flip(0), together)
     assert not torch.equal(sample(ids, mask, episode_seeds(1, 1, range(3))), together)  # the seeds are used
+
+
+def test_prompt_repeats_prefill_once_and_sample_as_the_repeated_batch(tiny, prompts):
+    model, tok = tiny
+    ids, mask, _ = prompts
+
+    def draw(prompt_ids, prompt_mask, repeats):
+        gen = torch.Generator().manual_seed(11)
+        return generate(model, prompt_ids, prompt_mask, max_new_tokens=8, pad_token_id=tok.pad_token_id,
+                        stop_token_ids=[tok.eos_token_id], sampling=SamplingParams(temperature=1.0),
+                        generator=gen, return_logprobs=True, prompt_repeats=repeats)  # fmt: skip
+
+    once = draw(ids, mask, 3)
+    repeated = draw(ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), 1)
+    assert once.response_ids.shape[0] == 9
+    assert torch.equal(once.prompt_ids, repeated.prompt_ids)
+    assert torch.equal(once.response_ids, repeated.response_ids)  # the same draws from the same distributions
+    assert torch.equal(once.response_mask, repeated.response_mask)
+    torch.testing.assert_close(once.logprobs, repeated.logprobs, atol=1e-5, rtol=1e-5)
+    # the copies of a prompt are sampled apart
+    assert not torch.equal(once.response_ids[0], once.response_ids[1])
