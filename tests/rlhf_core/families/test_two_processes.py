@@ -78,9 +78,9 @@ def train_ppo(per_device: int, out: str) -> list[torch.Tensor]:
     from rlhf_core.models.loading import load_causal_lm, load_tokenizer
 
     path = family_model_path("llama")
-    # top_k=1: the same responses whatever the process layout; no stop token: every response is 6 tokens.
+    # Sampled responses (temperature 0.7): each episode draws from its own seed, so both layouts sample the same.
     args = PPOConfig(output_dir=out, batch_size=per_device, mini_batch_size=per_device, per_device_train_batch_size=per_device,
-                     num_ppo_epochs=2, response_length=6, top_k=1, stop_token=None, learning_rate=0.3,
+                     num_ppo_epochs=2, response_length=6, learning_rate=0.3,
                      **{**SGD, "lr_scheduler_type": "constant_with_warmup"})  # fmt: skip
     trainer = PPOTrainer(args=args, model=load_causal_lm(path), train_dataset=_pairs(STEPS * GLOBAL_BATCH).select_columns(["prompt"]),
                          reward_fn=lambda p, r: [float(sum(map(ord, x)) % 7) for x in r],
