@@ -54,7 +54,10 @@ class ResponseBatch:
     def select(self, rows: torch.Tensor | slice) -> ResponseBatch:
         loss_mask = None if self.loss_mask is None else self.loss_mask[rows]
         return ResponseBatch(
-            self.prompt_ids[rows], self.prompt_mask[rows], self.response_ids[rows], self.response_mask[rows],
+            self.prompt_ids[rows],
+            self.prompt_mask[rows],
+            self.response_ids[rows],
+            self.response_mask[rows],
             loss_mask,
         )
 

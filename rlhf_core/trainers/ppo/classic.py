@@ -201,7 +201,10 @@ class ClassicPPOMixin:
                 raise ValueError(f"responses[{i}] has no token to learn from (empty or only padding)")
         device = self.accelerator.device
         return ResponseBatch(
-            prompt_ids.to(device), prompt_mask.to(device), response_ids.to(device), response_mask.to(device),
+            prompt_ids.to(device),
+            prompt_mask.to(device),
+            response_ids.to(device),
+            response_mask.to(device),
             None if loss_mask is None else loss_mask.to(device),
         )
 
