@@ -18,21 +18,17 @@ Logged metrics (train, and with the ``eval_`` prefix), TRL's names: ``loss``, ``
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from rlhf_core.data.collators import IGNORE_INDEX
 from rlhf_core.losses.kto import kto_loss, kto_reference_point
 from rlhf_core.models.module_state import eval_mode
-from rlhf_core.trainers.model_setup import is_peft_model, load_model, unwrap_model
-from rlhf_core.trainers.padding_free import padding_free_cost_model, plan_layout
-from rlhf_core.trainers.preference.dpo import _initial_reference, _wraps_peft
+from rlhf_core.trainers.model_setup import load_model
+from rlhf_core.trainers.padding_free import plan_layout
 from rlhf_core.trainers.preference.kto_config import KTOConfig
 from rlhf_core.trainers.preference.kto_data import (
     KTO_COLUMNS,
@@ -41,14 +37,12 @@ from rlhf_core.trainers.preference.kto_data import (
     warn_on_class_imbalance,
 )
 from rlhf_core.trainers.preference.logprobs import completion_logprobs
-from rlhf_core.trainers.preference.pairwise import PairwiseTrainer
-from rlhf_core.trainers.preference.ref_sync import SyncReferenceCallback, check_reference_sync
-from rlhf_core.trainers.preference.reference import reference_adapter_disabled
+from rlhf_core.trainers.preference.reference import ReferenceModelTrainer, carries_peft_adapter
 
 __all__ = ["KTOTrainer"]
 
 
-class KTOTrainer(PairwiseTrainer):
+class KTOTrainer(ReferenceModelTrainer):
     """KTO of a causal LM (TRL 1.16's constructor).
 
     Args:
@@ -66,56 +60,24 @@ class KTOTrainer(PairwiseTrainer):
 
     config_class = KTOConfig
     signature_columns = KTO_COLUMNS
+    reference_columns = ("ref_logps",)  # ref_KL_logps too when the loss uses z0
 
-    def __init__(
-        self,
-        model: nn.Module | str | None = None,
-        ref_model: nn.Module | str | None = None,
-        args: KTOConfig | None = None,
-        data_collator: Any = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        processing_class: Any = None,
-        *,
-        tokenizer: Any = None,
-        peft_config: Any = None,
-        quantization_config: Any = None,
-        **trainer_kwargs: Any,
-    ) -> None:
-        if quantization_config is not None:
-            raise NotImplementedError(
-                "KTOTrainer(quantization_config=...) is not implemented: load the quantised model yourself"
-            )
-        super().__init__(
-            model,
-            args,
-            data_collator,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            ref_model=ref_model,
-            tokenizer=tokenizer,
-            peft_config=peft_config,
-            **trainer_kwargs,
-        )
-
-    # ---- set-up (PairwiseTrainer's hooks) -------------------------------------------------------------------
+    # ---- set-up (ReferenceModelTrainer's hooks) -----------------------------------------------------------------
 
     def _load_model(self, name: str, args: KTOConfig, init_kwargs: dict | None = None) -> nn.Module:
         trust = {"trust_remote_code": True} if args.trust_remote_code else {}
         return load_model(name, model_init_kwargs={**(init_kwargs or args.model_init_kwargs or {}), **trust})
 
+    def _load_reference(self, name: str, args: KTOConfig) -> nn.Module:
+        return self._load_model(name, args, args.ref_model_init_kwargs)
+
     def _prepare_models(
         self, model: nn.Module, ref_model: nn.Module | str | None, args: KTOConfig, peft_config: Any
     ) -> nn.Module | None:
-        if isinstance(ref_model, str):
-            ref_model = self._load_model(ref_model, args, args.ref_model_init_kwargs)
-        if ref_model is not None and ref_model is model:
-            raise ValueError("ref_model is the policy object itself: pass ref_model=None for a frozen copy.")
         # mismatched pairs are built per batch: training batches for the train set, eval batches for the others
         blocks = (args.per_device_train_batch_size, args.per_device_eval_batch_size)
         self._kl_blocks = blocks if args.uses_kl else (None, None)
-        return _initial_reference(model, ref_model, args, peft_config)
+        return super()._prepare_models(model, ref_model, args, peft_config)
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, what: str) -> Any:
         block = self._kl_blocks[0 if what == "train" else 1]
@@ -133,19 +95,11 @@ class KTOTrainer(PairwiseTrainer):
         )
 
     def _finish_setup(self) -> None:
-        self._cost_models: dict[int, Any] = {}
         if self.train_dataset is not None and hasattr(self.train_dataset, "column_names"):
             warn_on_class_imbalance(
                 self.train_dataset["label"], self.args.desirable_weight, self.args.undesirable_weight
             )
-        if self.args.precompute_ref_log_probs:
-            self._precompute_and_release_reference()
-            self._reference_columns_needed = True
-        elif self.ref_model is not None:
-            self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
-        if self.args.sync_ref_model:  # TR-DPO's soft reference updates apply to KTO's reference as well
-            check_reference_sync(self.args, self.ref_model)
-            self.add_callback(SyncReferenceCallback(self.ref_model, self.accelerator))
+        super()._finish_setup()
 
     # ---- log-probs ------------------------------------------------------------------------------------------
 
@@ -155,27 +109,11 @@ class KTOTrainer(PairwiseTrainer):
             model, ids, mask, labels, chunk_size=self.args.logprobs_chunk_size, layout=layout
         ).logps
 
-    def _cost_model(self, model: nn.Module) -> Any:
-        key = id(unwrap_model(model))
-        if key not in self._cost_models:
-            self._cost_models[key] = padding_free_cost_model(model, self.args.padding_free)
-        return self._cost_models[key]
-
-    def _reference_forward(
-        self, inputs: dict[str, Any], reference: nn.Module | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Reference log-probs `[B]` of the completions and `[B]` of the mismatched ones (None without them).
-
-        `reference` None: the policy (adapter disabled for PEFT; before any update it is the reference)."""
+    def _reference_forward(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Reference log-probs `[B]` of the completions and `[B]` of the mismatched ones (None without them)."""
         ids, mask, labels = _with_mismatched_rows(inputs)
-        with torch.no_grad():
-            if reference is not None:
-                logps = self._sequence_logps(reference, ids, mask, labels)
-            elif is_peft_model(self.model) or _wraps_peft(self.model):
-                with reference_adapter_disabled(self.model):
-                    logps = self._sequence_logps(self.model, ids, mask, labels)
-            else:
-                logps = self._sequence_logps(self.model, ids, mask, labels)
+        with self._reference_model() as reference:
+            logps = self._sequence_logps(reference, ids, mask, labels)
         n = inputs["input_ids"].shape[0]
         return logps[:n], (logps[n:] if logps.shape[0] > n else None)
 
@@ -187,26 +125,23 @@ class KTOTrainer(PairwiseTrainer):
                 "precompute_ref_log_probs=True but this batch has no ref_logps: evaluate only datasets given to "
                 "the constructor or to evaluate() before training (their reference log-probs are computed then)."
             )
-        return self._reference_forward(inputs, self.ref_model)
+        return self._reference_forward(inputs)
 
     # ---- precomputed reference ------------------------------------------------------------------------------
 
     def _precompute_and_release_reference(self) -> None:
-        """One no-grad pass over the train/eval examples; the log-probs become dataset columns, the model is freed."""
-        if self.ref_model is not None:
-            self.ref_model = self.ref_model.to(self.args.device)
-        with eval_mode(self.model):
-            self.train_dataset = self._with_reference_columns(self.train_dataset, "train")
-            self.eval_dataset = self._with_reference_columns(self.eval_dataset, "eval")
-        # Keep no reference model: drop our handle (the caller's own variable, if any, is theirs).
-        self.ref_model = None
-        gc.collect()
+        super()._precompute_and_release_reference()
+        self._reference_columns_needed = True
+
+    def _reference_scores(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logps, kl_logps = self._reference_forward(batch)
+        return {"ref_logps": logps} if kl_logps is None else {"ref_logps": logps, "ref_KL_logps": kl_logps}
 
     def _reference_columns_for_evaluation(self, dataset: Any, what: str) -> Any:
         """A dataset given to evaluate() / predict() under precompute: scored now, if a reference still exists."""
         if dataset is None:
             return None
-        peft_reference = is_peft_model(self.model) or _wraps_peft(self.model)
+        peft_reference = carries_peft_adapter(self.model)
         if self.state.global_step > 0 and not peft_reference:
             raise ValueError(
                 "precompute_ref_log_probs=True keeps no reference model, and after training the policy is no longer "
@@ -214,27 +149,6 @@ class KTOTrainer(PairwiseTrainer):
             )
         with eval_mode(self.model):
             return self._with_reference_columns(dataset, what)
-
-    def _with_reference_columns(self, dataset: Any, what: str) -> Any:
-        if dataset is None or (hasattr(dataset, "column_names") and "ref_logps" in dataset.column_names):
-            return dataset
-        if isinstance(dataset, dict):
-            return {k: self._with_reference_columns(v, f"{what}[{k}]") for k, v in dataset.items()}
-        columns = [c for c in KTO_COLUMNS if c in dataset.column_names]
-        batch_size = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
-        loader = DataLoader(
-            dataset.select_columns(columns), batch_size=batch_size, collate_fn=self.data_collator
-        )
-        main: list[float] = []
-        mismatched: list[float] = []
-        for batch in tqdm(loader, desc=f"Reference log-probs ({what})", disable=self.args.disable_tqdm):
-            batch = {k: v.to(self.args.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            logps, kl_logps = self._reference_forward(batch, self.ref_model)
-            main.extend(logps.float().tolist())
-            if kl_logps is not None:
-                mismatched.extend(kl_logps.float().tolist())
-        dataset = dataset.add_column("ref_logps", main)
-        return dataset.add_column("ref_KL_logps", mismatched) if mismatched else dataset
 
     # ---- loss -----------------------------------------------------------------------------------------------
 

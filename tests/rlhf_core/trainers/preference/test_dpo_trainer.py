@@ -22,7 +22,7 @@ from rlhf_core.trainers.padding_free import (
     plan_layout,
     supports_padding_free,
 )
-from rlhf_core.trainers.preference import dpo as dpo_module
+from rlhf_core.trainers.preference import reference as reference_module
 from rlhf_core.trainers.preference.dpo import DPOTrainer
 from rlhf_core.trainers.preference.dpo_config import DPOConfig
 from rlhf_core.trainers.preference.logprobs import completion_logprobs
@@ -230,7 +230,7 @@ def test_precompute_keeps_no_reference_model(tokenizer, pairs, monkeypatch):
     def no_copy(model):
         raise AssertionError("precompute_ref_log_probs=True must not copy the model")
 
-    monkeypatch.setattr(dpo_module, "frozen_copy", no_copy)
+    monkeypatch.setattr(reference_module, "frozen_copy", no_copy)
     trainer = DPOTrainer(
         model=load_causal_lm("rlhf-tiny"),
         args=config(precompute_ref_log_probs=True),

@@ -93,3 +93,20 @@ def test_sync_ref_model_mixes_the_policy_into_the_reference(pairs, tokenizer):
 def test_pad_to_multiple_of_rounds_the_pair_batches(pairs, tokenizer):
     trainer, batch = trainer_and_batch(pairs, tokenizer, pad_to_multiple_of=16)
     assert batch["input_ids"].shape[1] % 16 == 0
+
+
+def test_trls_constructor_order_and_quantization_config_none(pairs, tokenizer):
+    # TRL 1.16's order: model, ref_model, args, data_collator, train_dataset, eval_dataset, processing_class
+    model, reference = load_causal_lm("rlhf-tiny"), load_causal_lm("rlhf-tiny")
+    trainer = DPOTrainer(model, reference, config(), None, pairs, None, tokenizer)
+    assert trainer.ref_model is reference and trainer.processing_class is tokenizer
+    assert len(trainer.train_dataset) == len(pairs) and trainer.eval_dataset is None
+    # quantization_config is in TRL's signature: None is accepted (it used to reach Trainer.__init__ and fail there
+    # as an unexpected keyword), anything else is refused by name
+    trainer = DPOTrainer(model=load_causal_lm("rlhf-tiny"), args=config(), train_dataset=pairs,
+                         processing_class=tokenizer, quantization_config=None)  # fmt: skip
+    assert trainer.ref_model is not None
+    with pytest.raises(
+        NotImplementedError, match=r"DPOTrainer\(quantization_config=...\) is not implemented"
+    ):
+        DPOTrainer(model="rlhf-tiny", args=config(), train_dataset=pairs, quantization_config=object())

@@ -182,7 +182,7 @@ def test_precompute_keeps_no_reference_model_and_gives_the_live_loss(tokenizer, 
     def no_copy(model):
         raise AssertionError("precompute_ref_log_probs=True must not copy the model")
 
-    monkeypatch.setattr("rlhf_core.trainers.preference.dpo.frozen_copy", no_copy)
+    monkeypatch.setattr("rlhf_core.trainers.preference.reference.frozen_copy", no_copy)
     trainer = KTOTrainer(model=load_causal_lm("rlhf-tiny"), args=config(precompute_ref_log_probs=True),
                          train_dataset=pairs, tokenizer=tokenizer)  # fmt: skip
     assert trainer.ref_model is None
