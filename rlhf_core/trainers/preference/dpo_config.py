@@ -8,7 +8,7 @@ from transformers import TrainingArguments
 
 from rlhf_core.losses.dpo import DPO_LOSSES, F_DIVERGENCES
 from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
-from rlhf_core.trainers.preference.data import check_length_policy
+from rlhf_core.trainers.preference.config_fields import PreferenceDataFields, ReferenceModelFields
 from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["DPOConfig"]
@@ -41,7 +41,9 @@ DPO_UNIMPLEMENTED = {
 
 @dataclass
 @unimplemented_fields(DPO_UNIMPLEMENTED)
-class DPOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
+class DPOConfig(
+    ConfigDefaultsMixin, ReferenceModelFields, PreferenceDataFields, TokenizerOptionsMixin, TrainingArguments
+):
     """Configuration of `DPOTrainer` (every `TrainingArguments` field, with CPU-safe defaults, plus these).
 
     Loss: `loss_type` names one or several functions of `rlhf_core.losses.dpo.DPO_LOSSES` (a string or a list;
@@ -82,51 +84,6 @@ class DPOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     label_smoothing: float = field(
         default=0.0, metadata={"help": "Assumed preference-label flip rate in [0, 0.5) (cDPO, rDPO, EXO)."}
     )
-    max_length: int | None = field(
-        default=1024,
-        metadata={"help": "Maximum tokens of prompt + completion per sequence (None: no limit)."},
-    )
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Maximum prompt tokens (kept from the end) when truncating."}
-    )
-    overlong: str = field(
-        default="truncate", metadata={"help": "Pairs longer than max_length: 'truncate' or 'drop' (counted)."}
-    )
-    padding_free: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Run each batch's chosen + rejected rows as one row without padding when that computes less. "
-            "None (default): where the model supports it (checked at start); False: never."
-        },
-    )
-    precompute_ref_log_probs: bool = field(
-        default=False,
-        metadata={
-            "help": "Compute reference log-probs in one pass before training and keep no reference model."
-        },
-    )
-    precompute_ref_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Pairs per batch of the precompute pass (default: per_device_eval_batch_size)."},
-    )
-    logprobs_chunk_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Rows per chunk of the fused linear->log-prob kernel (None: the kernel's default)."
-        },
-    )
-    disable_dropout: bool = field(
-        default=True, metadata={"help": "Set every dropout probability of the policy and reference to 0."}
-    )
-    dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "Processes used to tokenize the datasets (None: the main process)."}
-    )
-    model_init_kwargs: dict | None = field(
-        default=None, metadata={"help": "from_pretrained keyword arguments when the model is given by name."}
-    )
-    ref_model_init_kwargs: dict | None = field(
-        default=None, metadata={"help": "from_pretrained keyword arguments when ref_model is given by name."}
-    )
     ld_alpha: float | None = field(
         default=None,
         metadata={
@@ -136,18 +93,6 @@ class DPOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     use_weighting: bool = field(
         default=False,
         metadata={"help": "WPO (arXiv:2406.11827): weight pairs by the policy's own probability."},
-    )
-    sync_ref_model: bool = field(
-        default=False,
-        metadata={
-            "help": "TR-DPO (arXiv:2404.09656): soft-update the reference from the policy during training."
-        },
-    )
-    ref_model_mixup_alpha: float = field(
-        default=0.6, metadata={"help": "TR-DPO alpha: ref <- alpha * policy + (1 - alpha) * ref."}
-    )
-    ref_model_sync_steps: int = field(
-        default=512, metadata={"help": "TR-DPO tau: optimizer steps between reference updates."}
     )
     f_divergence_type: str = field(
         default="reverse_kl",
@@ -181,7 +126,6 @@ class DPOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        check_length_policy(self.max_length, self.max_prompt_length, self.overlong)
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"ld_alpha must be in [0, 1] (or None), got {self.ld_alpha}")
         if self.f_divergence_type not in F_DIVERGENCES:

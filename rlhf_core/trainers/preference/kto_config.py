@@ -8,7 +8,7 @@ from transformers import TrainingArguments
 
 from rlhf_core.losses.kto import KTO_LOSSES
 from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
-from rlhf_core.trainers.preference.data import check_length_policy
+from rlhf_core.trainers.preference.config_fields import PreferenceDataFields, ReferenceModelFields
 from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["KTOConfig"]
@@ -23,7 +23,9 @@ KTO_UNIMPLEMENTED = {
 
 @dataclass
 @unimplemented_fields(KTO_UNIMPLEMENTED)
-class KTOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
+class KTOConfig(
+    ConfigDefaultsMixin, ReferenceModelFields, PreferenceDataFields, TokenizerOptionsMixin, TrainingArguments
+):
     """Configuration of `KTOTrainer` (every `TrainingArguments` field, with CPU-safe defaults, plus these).
 
     Loss (arXiv:2402.01306): `loss_type` "kto" or "apo_zero_unpaired" (`rlhf_core.losses.kto.KTO_LOSSES`), `beta`,
@@ -71,65 +73,11 @@ class KTOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
     undesirable_weight: float = field(
         default=1.0, metadata={"help": "Weight of undesirable examples' losses."}
     )
-    max_length: int | None = field(
-        default=1024, metadata={"help": "Maximum tokens of prompt + completion (None: no limit)."}
-    )
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Maximum prompt tokens (kept from the end) when truncating."}
-    )
-    overlong: str = field(
-        default="truncate",
-        metadata={"help": "Examples longer than max_length: 'truncate' or 'drop' (counted)."},
-    )
-    padding_free: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Run a batch's rows as one row without padding when that computes less. None (default): where "
-            "the model supports it (checked at start); False: never."
-        },
-    )
-    precompute_ref_log_probs: bool = field(
-        default=False,
-        metadata={
-            "help": "Compute reference log-probs in one pass before training and keep no reference model."
-        },
-    )
-    precompute_ref_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Examples per batch of the precompute pass (default: per_device_eval_batch_size)."},
-    )
-    logprobs_chunk_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Rows per chunk of the fused linear->log-prob kernel (None: the kernel's default)."
-        },
-    )
-    disable_dropout: bool = field(
-        default=True, metadata={"help": "Set every dropout probability of the policy and reference to 0."}
-    )
-    dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "Processes used to tokenize the datasets (None: the main process)."}
-    )
     model_init_kwargs: dict | str | None = field(
         default=None, metadata={"help": "from_pretrained keyword arguments when the model is given by name."}
     )
-    ref_model_init_kwargs: dict | None = field(
-        default=None, metadata={"help": "from_pretrained keyword arguments when ref_model is given by name."}
-    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom model code from the hub when loading by name."}
-    )
-    sync_ref_model: bool = field(
-        default=False,
-        metadata={
-            "help": "TR-DPO (arXiv:2404.09656): move the reference towards the policy during training."
-        },
-    )
-    ref_model_mixup_alpha: float = field(
-        default=0.6, metadata={"help": "TR-DPO alpha: ref <- alpha * policy + (1 - alpha) * ref."}
-    )
-    ref_model_sync_steps: int = field(
-        default=512, metadata={"help": "TR-DPO tau: optimizer steps between reference updates."}
     )
     router_aux_loss_coef: float | None = field(
         default=None, metadata={"help": "MoE load-balancing loss weight: only None or 0.0 (not implemented)."}
@@ -159,7 +107,6 @@ class KTOConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
                 f"loss_type {self.loss_type!r} needs per_device_train_batch_size >= 2: with one example per batch its "
                 "mismatched completion is its own, and the KL estimate equals the implied reward"
             )
-        check_length_policy(self.max_length, self.max_prompt_length, self.overlong)
         super().__post_init__()
 
     @property

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
-from rlhf_core.trainers.preference.data import check_length_policy
+from rlhf_core.trainers.preference.config_fields import PreferenceDataFields
 from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["RewardConfig"]
@@ -27,7 +27,7 @@ REWARD_UNIMPLEMENTED = {
 
 @dataclass
 @unimplemented_fields(REWARD_UNIMPLEMENTED)
-class RewardConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
+class RewardConfig(ConfigDefaultsMixin, PreferenceDataFields, TokenizerOptionsMixin, TrainingArguments):
     """Configuration of `RewardTrainer` (every `TrainingArguments` field, with CPU-safe defaults, plus these).
 
     Length policy (`max_length`, `max_prompt_length`, `overlong`), applied by the foundation's
@@ -42,29 +42,6 @@ class RewardConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments
     `rlhf_core.trainers.tokenizer_options`. TRL fields accepted at their default only: ``REWARD_UNIMPLEMENTED``.
     """
 
-    max_length: int | None = field(
-        default=1024,
-        metadata={"help": "Maximum tokens of prompt + completion per sequence (None: no limit)."},
-    )
-    max_prompt_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Maximum prompt tokens (kept from the end) when truncating; None: only max_length."
-        },
-    )
-    overlong: str = field(
-        default="truncate",
-        metadata={
-            "help": "What to do with pairs longer than max_length: 'truncate' or 'drop' (counted in logs)."
-        },
-    )
-    padding_free: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Run each batch's chosen + rejected rows as one row without padding when that computes less. "
-            "None (default): where the model supports it (checked at start); False: never."
-        },
-    )
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={
@@ -72,20 +49,3 @@ class RewardConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments
             "(arXiv:2312.09244). None or 0 turns it off."
         },
     )
-    disable_dropout: bool = field(
-        default=True,
-        metadata={
-            "help": "Set every dropout probability of the model to 0 (pairs are scored deterministically)."
-        },
-    )
-    dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "Processes used to tokenize the datasets (None: the main process)."}
-    )
-    model_init_kwargs: dict | None = field(
-        default=None,
-        metadata={"help": "Keyword arguments for from_pretrained when the model is given as a name or path."},
-    )
-
-    def __post_init__(self) -> None:
-        check_length_policy(self.max_length, self.max_prompt_length, self.overlong)
-        super().__post_init__()
