@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -352,9 +352,22 @@ def _as_dataset(dataset: Dataset | Sequence[Mapping]) -> Dataset:
     raise TypeError(f"expected a datasets.Dataset or a list of rows, got {type(dataset).__name__}")
 
 
-def _finish(
-    tokenized: Dataset, *, max_length: int | None, policy: str, what: str
+def _tokenize_rows(
+    dataset: Dataset,
+    tokenize_row: Callable[[dict, int], dict],
+    *,
+    remove_columns: list[str],
+    num_proc: int | None,
+    desc: str,
+    max_length: int | None,
+    policy: str,
+    what: str,
 ) -> tuple[Dataset, OverlongReport]:
+    """``dataset.map(tokenize_row)`` (each row with its index), then the rows whose status says so dropped and the
+    counts of the length policy reported (logged as `what`); the status column is removed."""
+    tokenized = dataset.map(
+        tokenize_row, with_indices=True, remove_columns=remove_columns, num_proc=num_proc, desc=desc
+    )
     statuses = tokenized.data.column(_STATUS).to_pylist()
     report = OverlongReport(
         total=len(statuses),
@@ -410,11 +423,9 @@ def tokenize_sft(
         status, ids, mask = _fit_sft(ids, mask, max_length, overlong, truncation_mode)
         return {"input_ids": ids, "completion_mask": mask, _STATUS: status}
 
-    tokenized = dataset.map(
-        tokenize_row, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
-        desc=f"Tokenising SFT rows ({fmt.value})",
-    )  # fmt: skip
-    return _finish(tokenized, max_length=max_length, policy=overlong, what="SFT rows")
+    return _tokenize_rows(dataset, tokenize_row, remove_columns=dataset.column_names, num_proc=num_proc,
+                          desc=f"Tokenising SFT rows ({fmt.value})", max_length=max_length, policy=overlong,
+                          what="SFT rows")  # fmt: skip
 
 
 def tokenize_preference(
@@ -445,11 +456,9 @@ def tokenize_preference(
         row[_STATUS] = _fit_preference(row, max_length, max_prompt_length, overlong, sp)
         return row
 
-    tokenized = dataset.map(
-        tokenize_row, with_indices=True, remove_columns=dataset.column_names, num_proc=num_proc,
-        desc=f"Tokenising preference pairs ({fmt.value})",
-    )  # fmt: skip
-    return _finish(tokenized, max_length=max_length, policy=overlong, what="preference pairs")
+    return _tokenize_rows(dataset, tokenize_row, remove_columns=dataset.column_names, num_proc=num_proc,
+                          desc=f"Tokenising preference pairs ({fmt.value})", max_length=max_length,
+                          policy=overlong, what="preference pairs")  # fmt: skip
 
 
 def tokenize_prompts(
@@ -477,7 +486,6 @@ def tokenize_prompts(
         return {"input_ids": keep_end(ids, max_prompt_length, sp), _STATUS: _TRUNCATED}
 
     columns = [c for c in ("input_ids", _STATUS) if c in dataset.column_names]
-    tokenized = dataset.map(
-        tokenize_row, with_indices=True, remove_columns=columns, num_proc=num_proc, desc="Tokenising prompts"
-    )
-    return _finish(tokenized, max_length=max_prompt_length, policy=overlong, what="prompts")[0]
+    return _tokenize_rows(dataset, tokenize_row, remove_columns=columns, num_proc=num_proc,
+                          desc="Tokenising prompts", max_length=max_prompt_length, policy=overlong,
+                          what="prompts")[0]  # fmt: skip

@@ -8,7 +8,8 @@ a bad one. A dataset that already has the token-id columns is used as it is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "REFERENCE_COLUMNS",
     "PreferencePairCollator",
     "check_length_policy",
+    "each_split",
     "length_policy",
     "prepare_preference_dataset",
 ]
@@ -62,6 +64,25 @@ def is_tokenized(dataset: Any) -> bool:
     return all(column in names for column in TOKEN_COLUMNS)
 
 
+def each_split(prepare: Callable[..., Any]) -> Callable[..., Any]:
+    """``prepare(dataset, tokenizer, *, what, ...)`` extended to the other shapes a trainer is given: None passes
+    through, and a dict of datasets is prepared split by split (named ``what[name]`` in messages)."""
+
+    @functools.wraps(prepare)
+    def each(dataset: Any, tokenizer: Any, *, what: str = "train", **kwargs: Any) -> Any:
+        if dataset is None:
+            return None
+        if isinstance(dataset, Mapping):
+            return {
+                name: each(split, tokenizer, what=f"{what}[{name}]", **kwargs)
+                for name, split in dataset.items()
+            }
+        return prepare(dataset, tokenizer, what=what, **kwargs)
+
+    return each
+
+
+@each_split
 def prepare_preference_dataset(
     dataset: Any,
     tokenizer: Any,
@@ -73,21 +94,6 @@ def prepare_preference_dataset(
     what: str = "train",
 ) -> Any:
     """Tokenise a raw preference dataset (or a dict of them); pass through one that is already tokenised."""
-    if dataset is None:
-        return None
-    if isinstance(dataset, Mapping):
-        return {
-            name: prepare_preference_dataset(
-                split,
-                tokenizer,
-                max_length=max_length,
-                max_prompt_length=max_prompt_length,
-                overlong=overlong,
-                num_proc=num_proc,
-                what=f"{what}[{name}]",
-            )
-            for name, split in dataset.items()
-        }
     if is_tokenized(dataset):
         return dataset
     if tokenizer is None:

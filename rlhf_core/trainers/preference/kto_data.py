@@ -37,6 +37,7 @@ from rlhf_core.data.tokenization import (
     tokenize_preference,
     tokenize_sft,
 )
+from rlhf_core.trainers.preference.data import each_split
 
 __all__ = [
     "KTO_COLUMNS",
@@ -54,6 +55,7 @@ REFERENCE_COLUMNS = ("ref_logps", "ref_KL_logps")
 KTO_COLUMNS = (*TOKEN_COLUMNS, "KL_completion_ids", *REFERENCE_COLUMNS)
 
 
+@each_split
 def prepare_kto_dataset(
     dataset: Any,
     tokenizer: Any,
@@ -70,14 +72,6 @@ def prepare_kto_dataset(
     ``kl_block``: examples per block of the mismatched pairing (None: no ``KL_completion_ids``); it is also twice
     the pairs per unpairing block. A dataset that already has ``KL_completion_ids`` keeps them.
     """
-    if dataset is None:
-        return None
-    if isinstance(dataset, Mapping):
-        return {
-            name: prepare_kto_dataset(split, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-                                      overlong=overlong, kl_block=kl_block, num_proc=num_proc, what=f"{what}[{name}]")
-            for name, split in dataset.items()
-        }  # fmt: skip
     names = list(getattr(dataset, "column_names", None) or [])
     if not all(column in names for column in TOKEN_COLUMNS):
         if tokenizer is None:
