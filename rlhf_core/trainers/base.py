@@ -23,7 +23,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from transformers import Trainer
@@ -44,7 +44,7 @@ from rlhf_core.trainers.model_setup import (
     resolve_processing_class_alias,
 )
 
-__all__ = ["NonFiniteLossError", "TokenNormalisedTrainer", "last_checkpoint"]
+__all__ = ["NonFiniteLossError", "TokenNormalisedTrainer", "last_checkpoint", "raise_nonfinite"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -241,24 +241,49 @@ class TokenNormalisedTrainer(Trainer):
             known = [r for rows in self._micro_batch_rows if rows for r in rows]
             rows = known or None
             where = f"the {max(n_micro, 1)} micro-batch(es) of this step, {describe_rows(rows)}"
-        last = last_checkpoint(self.args.output_dir)
-        # Drop the poisoned gradients so the in-memory model can still be used or saved as it was.
-        self.model.zero_grad(set_to_none=True)
-        message = (
-            f"Non-finite {what} ({value}) at global step {step} ({where} of the training set). Training stopped "
-            f"before the optimizer step, so the weights were not updated and no checkpoint was written after it; "
-            f"last good checkpoint: {last or 'none saved yet'}. Usual causes: a learning rate too high, fp16 "
-            f"overflow, or a corrupted row."
-        )
-        raise NonFiniteLossError(
-            message,
-            what=what,
-            value=value,
-            global_step=step,
-            micro_batch=None if micro_batch is None else micro_batch + 1,
+        raise_nonfinite(
+            self.model,
+            self.args.output_dir,
+            what,
+            value,
+            step=step,
+            micro_batch=micro_batch,
             row_ids=rows,
-            last_checkpoint=last,
+            where=f"global step {step} ({where} of the training set)",
+            causes="a learning rate too high, fp16 overflow, or a corrupted row",
         )
+
+
+def raise_nonfinite(
+    model: torch.nn.Module,
+    output_dir: str | None,
+    what: str,
+    value: float,
+    *,
+    step: int,
+    micro_batch: int | None,
+    row_ids: list[int] | None,
+    where: str,
+    causes: str,
+    label: str = "",
+) -> NoReturn:
+    """Drop `model`'s gradients and raise `NonFiniteLossError` for optimizer step `step` (1-based); `micro_batch`
+    is 0-based (None: the gradient norm), `where` and `causes` complete the message, `label` prefixes `what` there.
+    """
+    last = last_checkpoint(output_dir)
+    # Drop the poisoned gradients so the in-memory model can still be used or saved as it was.
+    model.zero_grad(set_to_none=True)
+    raise NonFiniteLossError(
+        f"Non-finite {label}{what} ({value}) at {where}. Training stopped before the optimizer step, so the weights "
+        f"were not updated and no checkpoint was written after it; last good checkpoint: "
+        f"{last or 'none saved yet'}. Usual causes: {causes}.",
+        what=what,
+        value=value,
+        global_step=step,
+        micro_batch=None if micro_batch is None else micro_batch + 1,
+        row_ids=row_ids,
+        last_checkpoint=last,
+    )
 
 
 def _pop_row_ids(batch: Any) -> list[int] | None:

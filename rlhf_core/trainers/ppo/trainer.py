@@ -46,7 +46,7 @@ from rlhf_core.models.reference import create_reference_model
 from rlhf_core.models.value_head import AutoModelForCausalLMWithValueHead
 from rlhf_core.rollout.sampling import episode_seeds
 from rlhf_core.rollout.scoring import RewardFn
-from rlhf_core.trainers.base import NonFiniteLossError, last_checkpoint
+from rlhf_core.trainers.base import raise_nonfinite
 from rlhf_core.trainers.model_setup import (
     apply_peft,
     is_peft_model,
@@ -337,21 +337,20 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
         )
 
     def _stop_nonfinite(self, what: str, value: float, micro_batch: int | None) -> None:
-        self.model.zero_grad(set_to_none=True)
         step = self.state.global_step + 1
-        last = last_checkpoint(self.args.output_dir)
         where = f"micro-batch {micro_batch + 1}" if micro_batch is not None else "the accumulated gradient"
-        raise NonFiniteLossError(
-            f"Non-finite PPO {what} ({value}) at update {step} ({where}, episodes {self.state.episode + 1}-"
-            f"{self.state.episode + self.args.batch_size}). Training stopped before the optimizer step; last good "
-            f"checkpoint: {last or 'none saved yet'}. Usual causes: a learning rate too high, non-finite scores "
-            "from the reward, or fp16 overflow.",
-            what=what,
-            value=value,
-            global_step=step,
-            micro_batch=None if micro_batch is None else micro_batch + 1,
+        episodes = f"episodes {self.state.episode + 1}-{self.state.episode + self.args.batch_size}"
+        raise_nonfinite(
+            self.model,
+            self.args.output_dir,
+            what,
+            value,
+            step=step,
+            micro_batch=micro_batch,
             row_ids=None,
-            last_checkpoint=last,
+            where=f"update {step} ({where}, {episodes})",
+            causes="a learning rate too high, non-finite scores from the reward, or fp16 overflow",
+            label="PPO ",
         )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -243,3 +244,20 @@ def test_nonfinite_gradient_stops_before_the_optimizer_step(tmp_path):
     assert not os.path.exists(os.path.join(trainer.args.output_dir, "checkpoint-1"))
     for name, p in trainer.model.named_parameters():
         torch.testing.assert_close(p, before[name], msg=name)
+
+
+def test_raise_nonfinite_drops_the_gradients_and_numbers_the_micro_batch_from_one(tmp_path):
+    from rlhf_core.trainers.base import raise_nonfinite
+
+    layer = torch.nn.Linear(2, 1)
+    layer(torch.ones(1, 2)).sum().backward()
+    (tmp_path / "checkpoint-4").mkdir()
+    with pytest.raises(NonFiniteLossError) as info:
+        raise_nonfinite(layer, str(tmp_path), "loss", math.nan, step=5, micro_batch=0, row_ids=[7],
+                        where="update 5 (micro-batch 1)", causes="a test", label="PPO ")  # fmt: skip
+    err = info.value
+    assert (err.what, err.global_step, err.micro_batch, err.row_ids) == ("loss", 5, 1, [7])
+    assert err.last_checkpoint == str(tmp_path / "checkpoint-4")
+    assert str(err).startswith("Non-finite PPO loss (nan) at update 5 (micro-batch 1). Training stopped")
+    assert str(err).endswith(f"last good checkpoint: {tmp_path / 'checkpoint-4'}. Usual causes: a test.")
+    assert all(p.grad is None for p in layer.parameters())
