@@ -241,38 +241,31 @@ class TokenNormalisedTrainer(Trainer):
             known = [r for rows in self._micro_batch_rows if rows for r in rows]
             rows = known or None
             where = f"the {max(n_micro, 1)} micro-batch(es) of this step, {describe_rows(rows)}"
-        raise_nonfinite(
-            self.model,
-            self.args.output_dir,
-            what,
-            value,
-            step=step,
-            micro_batch=micro_batch,
-            row_ids=rows,
-            where=f"global step {step} ({where} of the training set)",
-            causes="a learning rate too high, fp16 overflow, or a corrupted row",
-        )
+        where = f"global step {step} ({where} of the training set)"
+        causes = "a learning rate too high, fp16 overflow, or a corrupted row"
+        raise_nonfinite(self, what, value, micro_batch=micro_batch, row_ids=rows, where=where, causes=causes)
 
 
 def raise_nonfinite(
-    model: torch.nn.Module,
-    output_dir: str | None,
+    trainer: Trainer,
     what: str,
     value: float,
     *,
-    step: int,
     micro_batch: int | None,
     row_ids: list[int] | None,
     where: str,
     causes: str,
     label: str = "",
 ) -> NoReturn:
-    """Drop `model`'s gradients and raise `NonFiniteLossError` for optimizer step `step` (1-based); `micro_batch`
-    is 0-based (None: the gradient norm), `where` and `causes` complete the message, `label` prefixes `what` there.
+    """Drop the gradients of ``trainer.model`` and raise `NonFiniteLossError` for the optimizer step being computed.
+
+    `micro_batch` is 0-based (None: the gradient norm); `where` and `causes` complete the message, `label` prefixes
+    `what` there.
     """
-    last = last_checkpoint(output_dir)
+    step = trainer.state.global_step + 1
+    last = last_checkpoint(trainer.args.output_dir)
     # Drop the poisoned gradients so the in-memory model can still be used or saved as it was.
-    model.zero_grad(set_to_none=True)
+    trainer.model.zero_grad(set_to_none=True)
     raise NonFiniteLossError(
         f"Non-finite {label}{what} ({value}) at {where}. Training stopped before the optimizer step, so the weights "
         f"were not updated and no checkpoint was written after it; last good checkpoint: "

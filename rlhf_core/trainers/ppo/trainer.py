@@ -340,17 +340,10 @@ class PPOTrainer(PPOCheckpointMixin, ClassicPPOMixin, Trainer):
         step = self.state.global_step + 1
         where = f"micro-batch {micro_batch + 1}" if micro_batch is not None else "the accumulated gradient"
         episodes = f"episodes {self.state.episode + 1}-{self.state.episode + self.args.batch_size}"
+        where = f"update {step} ({where}, {episodes})"
+        causes = "a learning rate too high, non-finite scores from the reward, or fp16 overflow"
         raise_nonfinite(
-            self.model,
-            self.args.output_dir,
-            what,
-            value,
-            step=step,
-            micro_batch=micro_batch,
-            row_ids=None,
-            where=f"update {step} ({where}, {episodes})",
-            causes="a learning rate too high, non-finite scores from the reward, or fp16 overflow",
-            label="PPO ",
+            self, what, value, micro_batch=micro_batch, row_ids=None, where=where, causes=causes, label="PPO "
         )
 
     @property

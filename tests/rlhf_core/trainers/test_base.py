@@ -6,6 +6,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import datasets
 import pytest
@@ -252,9 +253,11 @@ def test_raise_nonfinite_drops_the_gradients_and_numbers_the_micro_batch_from_on
     layer = torch.nn.Linear(2, 1)
     layer(torch.ones(1, 2)).sum().backward()
     (tmp_path / "checkpoint-4").mkdir()
+    trainer = SimpleNamespace(model=layer, args=SimpleNamespace(output_dir=str(tmp_path)),
+                              state=SimpleNamespace(global_step=4))  # fmt: skip
     with pytest.raises(NonFiniteLossError) as info:
-        raise_nonfinite(layer, str(tmp_path), "loss", math.nan, step=5, micro_batch=0, row_ids=[7],
-                        where="update 5 (micro-batch 1)", causes="a test", label="PPO ")  # fmt: skip
+        raise_nonfinite(trainer, "loss", math.nan, micro_batch=0, row_ids=[7], where="update 5 (micro-batch 1)",
+                        causes="a test", label="PPO ")  # fmt: skip
     err = info.value
     assert (err.what, err.global_step, err.micro_batch, err.row_ids) == ("loss", 5, 1, [7])
     assert err.last_checkpoint == str(tmp_path / "checkpoint-4")
