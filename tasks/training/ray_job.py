@@ -85,13 +85,22 @@ def job_id(spec: StageSpec, flow_run_id: str | None = None) -> str:
 
 
 # When one worker dies, its peers fail too, inside the collective they were waiting on (gloo/NCCL report
-# the closed connection). Those are consequences: the message leads with the workers that failed first.
-_PEER_SYMPTOMS = ("connection closed by peer", "remote worker crashing", "connection reset by peer")
+# the closed connection). Those are consequences: the message leads with the workers whose process died (Ray
+# Train's health check names them), then other errors, then the peers' broken collectives; rank order within each.
+_DEATHS = ("WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError", "ActorDiedError", "RayActorError")
+_PEER_SYMPTOMS = (
+    "connection closed by peer",
+    "remote worker crashing",
+    "connection reset by peer",
+    "broken pipe",
+)
 
 
-def _caused_by_peer(cause: BaseException) -> bool:
+def _failure_order(rank: int, cause: BaseException) -> tuple[int, int]:
+    if any(cls.__name__ in _DEATHS for cls in type(cause).__mro__):
+        return 0, rank
     text = str(cause).lower()
-    return any(symptom in text for symptom in _PEER_SYMPTOMS)
+    return (2 if any(symptom in text for symptom in _PEER_SYMPTOMS) else 1), rank
 
 
 def _describe_failure(error: Exception, spec: StageSpec) -> str:
@@ -99,7 +108,7 @@ def _describe_failure(error: Exception, spec: StageSpec) -> str:
     if not failures:
         return f"stage {spec.stage}: Ray Train job failed: {str(error).strip().splitlines()[-1]}"
     parts = []
-    for rank, cause in sorted(failures.items(), key=lambda item: (_caused_by_peer(item[1]), item[0])):
+    for rank, cause in sorted(failures.items(), key=lambda item: _failure_order(*item)):
         record = worker_record(spec.stage_dir, rank) or {}
         where = f" (pid {record['pid']} on {record['node']})" if record else ""
         lines = [line for line in str(cause).strip().splitlines() if line.strip()]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scale_out_helpers import RAY, ROOT, free_port, stage_spec, stop_process_group
@@ -54,18 +55,26 @@ def stage_data(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def sft_references(stage_data, tmp_path_factory) -> dict[str, Path]:
+def sft_references(stage_data, tmp_path_factory) -> dict[str, Any]:
     """SFT weights after 3 SGD steps of global batch 8: one process (batch 8) and 2 accelerate processes (4
-    each) on this machine. Trained once for every test that compares a scale-out backend against them."""
+    each) on this machine, the latter logging to a stage run of its own MLflow store (what test_launch checks).
+    Trained once for every test that compares a scale-out backend against them."""
     from tasks.config import ScaleOutSettings
+    from tasks.tracking import runs as tracking
     from tasks.training.launch import train_stage
 
     folder = tmp_path_factory.mktemp("sft-references")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
         one = train_stage(stage_spec("sft", stage_data["sft"], folder / "one", 8), ScaleOutSettings())
-        two = train_stage(
-            stage_spec("sft", stage_data["sft"], folder / "accelerate", 4), ScaleOutSettings(num_processes=2)
-        )
+        spec = stage_spec("sft", stage_data["sft"], folder / "accelerate", 4)
+        with (
+            tracking.parent_run("scale-out", "pipeline", {}) as parent,
+            tracking.stage_run(parent, "sft") as child,
+        ):
+            two = train_stage(spec.model_copy(update={"mlflow_run_id": child, "tracking_uri": uri}),
+                              ScaleOutSettings(num_processes=2))  # fmt: skip
     assert (one.num_processes, two.num_processes) == (1, 2)
-    return {"one": Path(one.final_dir), "accelerate": Path(two.final_dir)}
+    return {"one": Path(one.final_dir), "accelerate": Path(two.final_dir), "accelerate_outcome": two,
+            "accelerate_runs": {"uri": uri, "parent": parent, "child": child}}  # fmt: skip

@@ -46,13 +46,21 @@ def stop_process_group(pgid: int) -> None:
             time.sleep(0.2)
 
 
-def max_weight_difference(folder_a: str | Path, folder_b: str | Path) -> float:
+def max_weight_difference(
+    folder_a: str | Path, folder_b: str | Path, *, extra: tuple[str, ...] = (), shared_only: bool = False
+) -> float:
+    """Largest |difference| over the tensors of ``model.safetensors`` (and the ``extra`` files, e.g. PPO's value
+    head) of two saved models; ``shared_only``: over the tensors both hold (a reward model vs its backbone)."""
     from safetensors.torch import load_file
 
-    a = load_file(str(Path(folder_a) / "model.safetensors"))
-    b = load_file(str(Path(folder_b) / "model.safetensors"))
-    assert a.keys() == b.keys()
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    def tensors(folder: str | Path) -> dict:
+        files = ["model.safetensors", *extra]
+        return {f"{name}:{k}": v for name in files for k, v in load_file(str(Path(folder) / name)).items()}
+
+    a, b = tensors(folder_a), tensors(folder_b)
+    keys = a.keys() & b.keys() if shared_only else a.keys()
+    assert keys and (shared_only or a.keys() == b.keys())
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in keys)
 
 
 def stage_spec(stage: str, data: Path, stage_dir: Path, per_device: int, **args):

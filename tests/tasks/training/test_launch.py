@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 from mlflow.tracking import MlflowClient
+from scale_out_helpers import max_weight_difference
 
-from rlhf_core.data.synthetic import SyntheticTask
 from tasks.config import ScaleOutSettings
-from tasks.stage_specs import StageSpec
-from tasks.tracking import runs as tracking
-from tasks.training.launch import accelerate_command, train_stage
+from tasks.training.launch import accelerate_command
 
 
 def test_accelerate_command(tmp_path):
@@ -32,35 +30,16 @@ def test_accelerate_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_stage_on_two_cpu_processes_trains_and_logs_once(mlflow_store, tmp_path):
-    SyntheticTask().sft_dataset(32).save_to_disk(str(tmp_path / "data"))
-    spec = StageSpec(
-        stage="sft",
-        model="rlhf-tiny",
-        train_data=str(tmp_path / "data"),
-        stage_dir=str(tmp_path / "s"),
-        args={
-            "max_steps": 3,
-            "per_device_train_batch_size": 4,
-            "logging_steps": 1,
-            "save_strategy": "no",
-            "disable_tqdm": True,
-            "max_length": 48,
-        },
-    )
-    with (
-        tracking.parent_run("scale-out", "pipeline", {}) as parent,
-        tracking.stage_run(parent, "sft") as child,
-    ):
-        outcome = train_stage(
-            spec.model_copy(update={"mlflow_run_id": child, "tracking_uri": mlflow_store}),
-            ScaleOutSettings(num_processes=2),
-        )
+def test_stage_on_two_cpu_processes_trains_and_logs_once(sft_references):
+    """The 2-process reference of the scale-out tests (conftest's sft_references), run under its own stage run."""
+    outcome, runs = sft_references["accelerate_outcome"], sft_references["accelerate_runs"]
     assert outcome.num_processes == 2 and outcome.global_step == 3
-    assert (tmp_path / "s" / "final" / "model.safetensors").is_file()
-    client = MlflowClient()
-    losses = client.get_metric_history(child, "loss")
+    difference = max_weight_difference(sft_references["accelerate"], sft_references["one"])
+    print(f"sft max |w| difference: accelerate-2 vs 1 process {difference:.2e}")
+    assert difference < 1e-5  # the same global batch, the same weights
+    client = MlflowClient(runs["uri"])
+    losses = client.get_metric_history(runs["child"], "loss")
     assert [m.step for m in losses] == [1, 2, 3]  # one value per step: only rank 0 logged
-    assert client.get_run(child).data.params["per_device_train_batch_size"] == "4"
-    experiment = client.get_run(parent).info.experiment_id
+    assert client.get_run(runs["child"]).data.params["per_device_train_batch_size"] == "4"
+    experiment = client.get_run(runs["parent"]).info.experiment_id
     assert len(client.search_runs([experiment])) == 2  # the workers started no runs of their own

@@ -1,12 +1,14 @@
-"""`scale_out.backend: ray`: a stage as a Ray Train job with 2 workers on a local Ray head (real processes).
-
-Same weights as one process and as 2 accelerate processes with the same global batch; rank 0 alone logs; a killed
+"""`scale_out.backend: ray`, a stage as a Ray Train job with 2 workers on a local Ray head (real processes): a killed
 worker is replaced and training resumes from the last checkpoint (and a retry of the submitting task re-attaches
 to the running job); with no restarts allowed the stage fails fast, naming the stage and the worker.
+
+Every stage's weights on 2 Ray workers against one process, rank 0 alone logging and the MLflow structure: the
+demo pipeline on Ray (test_ray_pipeline); 2 accelerate processes against one process: test_launch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,13 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from scale_out_helpers import ROOT, max_weight_difference, stage_spec
 
 from tasks.config import ScaleOutSettings
-from tasks.tracking import runs as tracking
 from tasks.training.launch import train_stage
-from tasks.training.ray_job import RayStageError, job_id, storage_path, train_on_ray
+from tasks.training.ray_job import NAMESPACE, RayStageError, job_id, storage_path, train_on_ray
 from tasks.training.ray_worker import worker_record
 
 pytestmark = pytest.mark.slow
@@ -35,53 +35,15 @@ def _ray(address: str, **settings) -> ScaleOutSettings:
     return ScaleOutSettings(backend="ray", address=address, num_workers=2, **settings)
 
 
-def test_sft_on_two_ray_workers_matches_one_process_and_accelerate(
-    ray_head, stage_data, sft_references, mlflow_store, tmp_path
-):
-    spec = stage_spec("sft", stage_data["sft"], tmp_path / "ray", 4)
-    with (
-        tracking.parent_run("ray", "pipeline", {}) as parent,
-        tracking.stage_run(parent, "sft") as child,
-    ):
-        outcome = train_stage(spec.model_copy(update={"mlflow_run_id": child, "tracking_uri": mlflow_store}),
-                              _ray(ray_head))  # fmt: skip
-    assert outcome.num_processes == 2 and outcome.global_step == 3
-    vs_one = max_weight_difference(outcome.final_dir, sft_references["one"])
-    vs_accelerate = max_weight_difference(outcome.final_dir, sft_references["accelerate"])
-    moved = max_weight_difference(sft_references["one"], _initial_weights(tmp_path))
-    print(f"sft max |w| difference: ray-2 vs 1 process {vs_one:.2e}, vs accelerate-2 {vs_accelerate:.2e}")
-    assert vs_one < TOLERANCE and vs_accelerate < TOLERANCE and moved > 100 * TOLERANCE
-    client = MlflowClient()
-    assert [m.step for m in client.get_metric_history(child, "loss")] == [1, 2, 3]  # rank 0 alone logged
-    experiment = client.get_run(parent).info.experiment_id
-    assert len(client.search_runs([experiment])) == 2  # the workers started no runs of their own
-
-
-def _initial_weights(tmp_path: Path) -> Path:
-    from rlhf_core.models.loading import load_causal_lm
-
-    folder = tmp_path / "initial"
-    load_causal_lm("rlhf-tiny").save_pretrained(str(folder))
-    return folder
-
-
-@pytest.mark.parametrize("stage", ["reward", "dpo"])
-def test_preference_stage_on_two_ray_workers_matches_one_process(
-    ray_head, stage_data, mlflow_store, tmp_path, stage
-):
-    one = train_stage(stage_spec(stage, stage_data[stage], tmp_path / "one", 8), ScaleOutSettings())
-    two = train_stage(stage_spec(stage, stage_data[stage], tmp_path / "ray", 4), _ray(ray_head))
-    difference = max_weight_difference(one.final_dir, two.final_dir)
-    print(f"{stage} max |w| difference: ray-2 vs 1 process {difference:.2e}")
-    assert two.num_processes == 2 and difference < TOLERANCE
-
-
-def _wait_for(predicate, timeout_s: float, what: str):
+def _wait_for(predicate, timeout_s: float, what: str, *, ended=lambda: None):
+    """Poll ``predicate`` until it holds; ``ended()``: why waiting longer is pointless (the job died), or None."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
+        if (why := ended()) is not None:
+            raise AssertionError(f"{why} before {what}")
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
@@ -94,6 +56,28 @@ def _reported_checkpoint(spec, scale_out, name) -> bool:
 
 def _kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _frozen(*pids: int):
+    """The processes stopped (SIGSTOP) inside the block: a worker killed in it dies mid-stage, however fast the
+    stage's remaining steps would have run on an idle machine."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _no_job_left_behind(name: str) -> None:
+    """Stop the job's actor (its driver thread then returns) when a test failed before the job ended."""
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
 
 
 def test_killed_worker_resumes_from_checkpoint_and_a_retry_reattaches(
@@ -112,13 +96,20 @@ def test_killed_worker_resumes_from_checkpoint_and_a_retry_reattaches(
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait_for(lambda: _reported_checkpoint(spec, scale_out, name), 300, "the first reported checkpoint")
-    finally:
+        _wait_for(lambda: _reported_checkpoint(spec, scale_out, name), 300, "the first reported checkpoint",
+                  ended=lambda: None if driver.poll() is None else f"the driver exited ({driver.returncode})")  # fmt: skip
+        workers = [worker_record(spec.stage_dir, rank) for rank in (0, 1)]
+        with _frozen(*(record["pid"] for record in workers)):
+            assert not spec.outcome_file.exists(), "the stage finished before its worker could be killed"
+            _kill(driver.pid)  # the Prefect task's process dies...
+            driver.wait()
+            victim = workers[1]
+            _kill(victim["pid"])  # ...and a training worker dies mid-stage
+            killed = time.monotonic()
+    except BaseException:
         _kill(driver.pid)
-        driver.wait()
-    victim = worker_record(spec.stage_dir, 1)
-    _kill(victim["pid"])  # and a training worker dies mid-stage
-    killed = time.monotonic()
+        _no_job_left_behind(name)
+        raise
     with caplog.at_level(logging.INFO, logger="tasks.training.ray_job"):
         outcome = train_on_ray(spec, scale_out, flow_run_id="flow-run-1")  # the task's retry
     recovery = time.monotonic() - killed
@@ -151,13 +142,19 @@ def test_killed_worker_without_restarts_fails_fast_naming_stage_and_worker(
     ray_head, stage_data, mlflow_store, tmp_path
 ):
     spec = stage_spec("sft", stage_data["sft"], tmp_path / "stage", 4, max_steps=400)
+    name = job_id(spec.model_copy(update={"stage_dir": str((tmp_path / "stage").resolve())}), "flow-run-2")
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(train_on_ray, spec, _ray(ray_head, max_failures=0), flow_run_id="flow-run-2")
-        record = _wait_for(lambda: worker_record(spec.stage_dir, 1), 300, "worker rank 1 to start")
-        _kill(record["pid"])
-        killed = time.monotonic()
-        with pytest.raises(RayStageError) as failure:
-            job.result(timeout=120)
+        try:
+            record = _wait_for(lambda: worker_record(spec.stage_dir, 1), 300, "worker rank 1 to start",
+                               ended=lambda: f"the job ended ({job.exception()!r})" if job.done() else None)  # fmt: skip
+            _kill(record["pid"])
+            killed = time.monotonic()
+            with pytest.raises(RayStageError) as failure:
+                job.result(timeout=120)
+        finally:
+            if not job.done():  # the pool would wait for all 400 steps
+                _no_job_left_behind(name)
     elapsed = time.monotonic() - killed
     message = str(failure.value)
     print(f"worker kill -> stage failed: {elapsed:.1f} s: {message}")
