@@ -210,6 +210,32 @@ def _hidden_direction(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     return torch.mm(low_precision, weight).to(delta.dtype).neg_()
 
 
+def _write_hidden_grad(
+    out: torch.Tensor,
+    probs: torch.Tensor,
+    weight: torch.Tensor,
+    row_scale: torch.Tensor | float,
+    rows: _TokenRows,
+    start: int,
+    end: int,
+) -> None:
+    """``out[rows start:end] = -row_scale * (probs @ W)`` for ``probs = softmax - onehot``.
+
+    Why two paths: when every row takes part and all dtypes are the accumulation dtype (fp32 training), the GEMM
+    writes straight into the gradient's rows, a scalar scale riding on its alpha; that saves the temporary and
+    its negate, scale and copy passes. Otherwise (row subsets, low-precision inputs) a temporary is needed anyway.
+    """
+    if rows.index is None and out.dtype == probs.dtype == weight.dtype:
+        target = out[start:end]
+        if isinstance(row_scale, torch.Tensor):
+            torch.mm(probs, weight, out=target)
+            target.mul_(row_scale.neg())
+        else:
+            torch.addmm(target, probs, weight, beta=0.0, alpha=-row_scale, out=target)
+        return
+    rows.write_rows(out, start, end, _hidden_direction(probs, weight).mul_(row_scale))
+
+
 def _accumulate_chunk_grads(
     grads: _GradBuffers,
     probs: torch.Tensor,
@@ -230,7 +256,7 @@ def _accumulate_chunk_grads(
     per_row = isinstance(coef, torch.Tensor)
     row_scale = coef.unsqueeze(1) if per_row else coef
     if grads.hidden is not None:
-        rows.write_rows(grads.hidden, start, end, _hidden_direction(probs, weight).mul_(row_scale))
+        _write_hidden_grad(grads.hidden, probs, weight, row_scale, rows, start, end)
     if grads.weight is not None:
         operand = h_c.to(probs.dtype) * row_scale if per_row else h_c.to(probs.dtype)
         grads.add_weight(probs.t(), operand, -1.0 if per_row else -coef)
