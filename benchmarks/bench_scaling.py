@@ -14,7 +14,8 @@ and tokens per CPU-second beside it (the machine is shared: wall time moves with
 A configuration whose projected peak is above ``--max-gib`` (default 6 GiB) is skipped with the reason printed: the
 projection is a line through the two previous lengths of the same series (before that, a per-token allowance of
 ``LOGIT_COPIES`` fp32 logit rows for TRL, which materialises ``[tokens, V]`` logits, and the measured body
-activations for ours).
+activations for ours). A projection can be wrong, so each worker also watches its own RSS and exits (the cell is
+reported as failed, the grid goes on) once it passes ``--hard-gib`` (default 8 GiB): the machine is shared.
 
 Prints one table and writes ``bench_scaling.png`` (or ``--plot PATH``) next to it: peak RSS and tokens/s against
 sequence length, one line per (workload, implementation, vocabulary). Each measured configuration is also appended to
@@ -125,7 +126,27 @@ def _args(config: Config, steps: int, output_dir: str) -> dict:
     return {**common, "beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 5e-7}
 
 
-def worker(config: Config, steps: int, warmup: int) -> None:
+def _rss_watchdog(limit_bytes: int, period_s: float = 0.2) -> None:
+    """Exit this process (code 3) as soon as its resident set passes ``limit_bytes``: a wrong projection must
+    fail one cell, not push a shared machine into swap or the OOM killer."""
+    import threading
+    import time
+
+    from measurement import current_rss_bytes
+
+    def watch() -> None:
+        while True:
+            rss = current_rss_bytes()
+            if rss > limit_bytes:
+                print(f"RSS {rss / GIB:.1f} GiB passed the {limit_bytes / GIB:g} GiB hard limit", flush=True)
+                os._exit(3)
+            time.sleep(period_s)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def worker(config: Config, steps: int, warmup: int, hard_gib: float) -> None:
+    _rss_watchdog(int(hard_gib * GIB))
     set_threads(THREADS)
     from hh_data import hh_texts
     from models import load_bench_model_and_tokenizer
@@ -176,7 +197,7 @@ def projected_peak(config: Config, measured: dict[Config, dict]) -> float:
 
 def _run(config: Config, args: argparse.Namespace) -> dict:
     argv = [os.path.abspath(__file__), "--worker", config.workload, config.impl, str(config.vocab), str(config.seq),
-            "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--hard-gib", str(args.hard_gib)]  # fmt: skip
     env = {"OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
     return run_worker(argv, env=env, timeout=args.timeout)
 
@@ -305,6 +326,7 @@ def main() -> None:
     parser.add_argument(
         "--max-gib", type=float, default=6.0, help="skip configurations projected above this peak"
     )
+    parser.add_argument("--hard-gib", type=float, default=8.0, help="a worker whose RSS passes this exits")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     parser.add_argument(
         "--plot", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_scaling.png")
@@ -321,7 +343,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         workload, impl, vocab, seq = args.worker
-        return worker(Config(workload, impl, int(vocab), int(seq)), args.steps, args.warmup)
+        return worker(Config(workload, impl, int(vocab), int(seq)), args.steps, args.warmup, args.hard_gib)
     if args.warmup >= args.steps:
         parser.error("--warmup must be smaller than --steps")
     results = _load_results(args.results) if args.resume or args.report_only else {}
