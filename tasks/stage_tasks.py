@@ -18,7 +18,6 @@ from prefect import task
 
 from tasks.config import EvaluationSettings, PipelineConfig
 from tasks.digests import digest_of
-from tasks.evaluation import evaluate_policies, sample_rows
 from tasks.prepare import load_prompts, materialise_data
 from tasks.results import (
     EvaluationResult,
@@ -104,6 +103,10 @@ def _log_stage_inputs(job: StageJob, trainer_config: Any) -> None:
 
 def _samples(job: StageJob, policy: str, reward_model: str | None, name: str) -> float:
     start = time.perf_counter()
+    # Imported here, in the stage's work time: it imports torch and transformers (seconds), which the flow's
+    # start-up and its first stage (data) do not need.
+    from tasks.evaluation import sample_rows
+
     rows = sample_rows(
         policy,
         load_prompts(job.eval_prompts, job.evaluation.num_samples),
@@ -137,7 +140,10 @@ def run_training_job(job: StageJob) -> StageResult:
     wall = time.perf_counter()
     plan, spec, logger = job.plan, job.plan.spec, stage_logger()
     is_reward = STAGES[spec.stage].produces == "reward_model"
-    trainer_config = resolve_trainer_config(spec)  # once per stage: logged here, trained with below
+    # Once per stage: logged here, trained with below. Stage work: the first stage to build one imports
+    # transformers (seconds), which is not orchestration or tracking.
+    trainer_config = resolve_trainer_config(spec)
+    setup = time.perf_counter() - wall
     with (
         _stage_lock(Path(spec.stage_dir)),
         tracking.stage_run(job.parent_run_id, spec.stage, tags={"rlhf.digest": plan.digest}) as run_id,
@@ -145,7 +151,7 @@ def run_training_job(job: StageJob) -> StageResult:
         link = tracking.run_url(run_id)
         log_stage_start(logger, job, trainer_config, link)
         _log_stage_inputs(job, trainer_config)
-        work = _samples(job, plan.input_policy, plan.sample_reward_model, "before")
+        work = setup + _samples(job, plan.input_policy, plan.sample_reward_model, "before")
         outcome, train_wall = _train_or_reuse(job, run_id, trainer_config, logger)
         model_uri = None
         if job.log_models:
@@ -218,6 +224,9 @@ def evaluate(
     """Judge, reward-model score, win rate vs SFT and KL to the reference for every policy, on held-out prompts;
     metrics go to the parent run (``<policy>_<metric>``) so pipeline runs compare side by side."""
     wall = time.perf_counter()
+    from tasks.evaluation import evaluate_policies  # torch and transformers: see `_samples`
+
+    imported = time.perf_counter() - wall
     with tracking.stage_run(parent_run_id, "evaluate") as run_id:
         metrics, rows, work = evaluate_policies(
             plan.policies(),
@@ -239,7 +248,7 @@ def evaluate(
         policies=metrics,
         run_id=run_id,
         reference=plan.reference,
-        work_seconds=work,
+        work_seconds=work + imported,
         wall_seconds=time.perf_counter() - wall,
     )
 

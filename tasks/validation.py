@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tasks import check_cache
 from tasks.config import ConfigError, PipelineConfig
 from tasks.data_sources import content_digest, describe_source, load_role_dataset
 from tasks.digests import short
@@ -10,13 +13,19 @@ from tasks.prepare import roles_needed
 __all__ = ["validate_config_data"]
 
 
+def _load_tokenizer(name: str) -> tuple[bool, list[Path] | None]:
+    """Load it; the files it was read from (a hub name resolved inside the hub cache: not known, None)."""
+    from rlhf_core.models.loading import load_tokenizer
+
+    folder = Path(load_tokenizer(name).name_or_path)
+    return True, sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else None
+
+
 def _check_model(key: str, name: str | None, problems: list[str]) -> None:
     if name is None:
         return
-    from rlhf_core.models.loading import load_tokenizer
-
-    try:
-        load_tokenizer(name)
+    try:  # a pass is remembered (`tasks.check_cache`): loading a tokenizer imports torch (seconds)
+        check_cache.checked(f"tokenizer {name}", {"name_or_path": name}, lambda: _load_tokenizer(name))
     except (OSError, ValueError) as err:
         problems.append(f"{key}: {err}")
 

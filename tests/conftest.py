@@ -15,6 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="rlhf-prefect-home-"))
 os.environ.setdefault("WANDB_DISABLED", "true")
+# Passed config checks are remembered per session, not in the user's cache (tasks.check_cache).
+os.environ.setdefault("RLHF_CHECK_CACHE", str(Path(tempfile.mkdtemp(prefix="rlhf-checks-")) / "checks.json"))
 # The ephemeral Prefect API needs more than its default 20 s to start on a loaded 2-core machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 

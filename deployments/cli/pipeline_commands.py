@@ -23,11 +23,16 @@ __all__ = ["run", "train", "validate"]
 
 def validate(args: argparse.Namespace) -> int:
     """Schema, every data row the enabled stages read and the models' tokenizers; needs neither Prefect nor MLflow."""
+    from tasks import check_cache
     from tasks.config import load_config
     from tasks.validation import validate_config_data
 
     report = validate_config_data(load_config(args.config, args.overrides))
     print(report)
+    reused = check_cache.reused()
+    if reused:
+        print(f"passed before with the same inputs and code, not re-run: {', '.join(reused)} "
+              f"(recorded in {check_cache.record_file()}; RLHF_CHECK_CACHE=off re-runs them)")  # fmt: skip
     print(f"{args.config}: OK")
     return EXIT_OK
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
 
+from tasks import check_cache
 from tasks.stage_registry import STAGES, get_stage, import_object
 
 __all__ = [
@@ -69,8 +70,14 @@ def check_trainer_args(stage: str, args: dict[str, Any]) -> dict[str, Any]:
     """Validate ``args`` for ``stage``'s trainer config; returns them with values coerced to the field types.
 
     Raises ``ValueError`` naming the offending key: unknown (with the closest known name), owned by the pipeline,
-    or of the wrong type.
+    or of the wrong type. A pass is remembered (`tasks.check_cache`): the same args on the same code are not
+    checked again, which spares importing transformers (seconds) in `rlhf validate` and before a run's first stage.
     """
+    inputs = {"stage": stage, "config_class": get_stage(stage).config_class, "args": args}
+    return check_cache.checked(f"{stage} args", inputs, lambda: (_check_trainer_args(stage, args), ()))
+
+
+def _check_trainer_args(stage: str, args: dict[str, Any]) -> dict[str, Any]:
     config_cls = trainer_config_class(stage)
     adapters = _field_adapters(config_cls)
     checked: dict[str, Any] = {}

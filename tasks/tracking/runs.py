@@ -25,6 +25,8 @@ from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
+from tasks.tracking.local_store import seed_sqlite_store
+
 if TYPE_CHECKING:
     from tasks.tracking.ghosts import GhostReport
 
@@ -57,6 +59,7 @@ def configure_tracking() -> str:
     """Point MLflow at ``MLFLOW_TRACKING_URI`` or the local default (made absolute so child processes agree)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    seed_sqlite_store(uri)  # a new local store: a copied empty schema instead of seconds of migrations
     mlflow.set_tracking_uri(uri)
     return uri
 
