@@ -17,9 +17,10 @@ from torch import nn
 
 from rlhf_core.data.collators import PromptCollator
 from rlhf_core.data.formats import is_conversational
+from rlhf_core.models.module_state import eval_mode
+from rlhf_core.rollout.generation import generate
 from rlhf_core.rollout.logprobs import ResponseBatch
 from rlhf_core.rollout.sampling import SamplingParams
-from rlhf_core.trainers.ppo.experience import sample_responses
 
 __all__ = ["GroupBatch", "generation_rows", "sample_completions"]
 
@@ -78,6 +79,17 @@ def _completion_texts(
     return tokenizer.batch_decode(kept, skip_special_tokens=True), kept
 
 
+def prompt_repeats(examples: list[dict], num_generations: int) -> int:
+    """``num_generations`` when ``examples`` are whole groups (each prompt's copies side by side), else 1."""
+    if len(examples) % num_generations:
+        return 1
+    for start in range(0, len(examples), num_generations):
+        first = examples[start]["input_ids"]
+        if any(e["input_ids"] != first for e in examples[start + 1 : start + num_generations]):
+            return 1
+    return num_generations
+
+
 @torch.no_grad()
 def sample_completions(
     model: nn.Module,
@@ -90,15 +102,24 @@ def sample_completions(
     stop_token_ids: list[int],
     return_logprobs: bool,
     device: torch.device,
+    num_generations: int = 1,
 ) -> GroupBatch:
-    """Sample one completion per example from causal LM ``model`` (PPO's sampling function, in one chunk)."""
-    collated = collator(examples)
+    """Sample one completion per example from causal LM ``model`` with PPO's decode loop, in one chunk.
+
+    Whole groups of ``num_generations`` copies of a prompt are prefilled once (``generate(prompt_repeats=...)``).
+    """
+    repeats = prompt_repeats(examples, num_generations)
+    collated = collator(examples[::repeats])
     prompt_ids, prompt_mask = collated["input_ids"].to(device), collated["attention_mask"].to(device)
-    out = sample_responses(
-        model, prompt_ids, prompt_mask, max_new_tokens=max_completion_length, pad_token_id=collator.pad_token_id,
-        stop_token_ids=stop_token_ids, sampling=sampling, chunk_size=len(examples), return_logprobs=return_logprobs,
-    )  # fmt: skip
-    batch = out.batch
+    with eval_mode(model):
+        out = generate(
+            model, prompt_ids, prompt_mask, max_new_tokens=max_completion_length, pad_token_id=collator.pad_token_id,
+            stop_token_ids=stop_token_ids, sampling=sampling, return_logprobs=return_logprobs,
+            prompt_repeats=repeats,
+        )  # fmt: skip
+    batch = ResponseBatch(
+        out.prompt_ids, out.prompt_mask.long(), out.response_ids.long(), out.response_mask.long()
+    )
     texts, completion_ids = _completion_texts(batch.response_ids, batch.response_mask, tokenizer)
     prompts = [e["prompt"] for e in examples]
     if is_conversational(prompts[0]):

@@ -26,6 +26,11 @@ class GRPOTrainer(OnlineTrainer):
     config_class = GRPOConfig
     _name = "grpo"
 
+    def _loss_ignores_micro_batching(self) -> bool:
+        # token sums over the accumulation window, a fixed length or per-sequence means of equal-sized micro-batches;
+        # "bnpo" (each micro-batch's own token mean) and registered loss types may depend on the cut
+        return self.args.loss_type in ("grpo", "dr_grpo", "dapo")
+
     def _advantages(self, rewards_per_func, group, ref_logps) -> tuple[torch.Tensor, dict[str, float]]:
         args = self.args
         out = group_advantages(

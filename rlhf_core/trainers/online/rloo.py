@@ -29,6 +29,9 @@ class RLOOTrainer(OnlineTrainer):
     def _needs_old_logps(self) -> bool:
         return True  # the KL penalty in the reward is taken at the sampling policy
 
+    def _loss_ignores_micro_batching(self) -> bool:
+        return True  # per-sequence terms, averaged over equal-sized micro-batches
+
     def _advantages(self, rewards_per_func, group, ref_logps) -> tuple[torch.Tensor, dict[str, float]]:
         args, acc = self.args, self.accelerator
         rewards = weighted_rewards(rewards_per_func, self.rewards.weights.to(rewards_per_func.device))

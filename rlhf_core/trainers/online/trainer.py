@@ -26,6 +26,7 @@ from rlhf_core.data.tokenization import tokenize_prompts
 from rlhf_core.losses.grpo import PolicyLossOutput
 from rlhf_core.models.pad_token import resolve_pad_token_id
 from rlhf_core.rollout.sampling import SamplingParams
+from rlhf_core.trainers.online.checkpoint import GenerationBuffer, OnlineCheckpointMixin
 from rlhf_core.trainers.online.config import OnlineConfig
 from rlhf_core.trainers.online.groups import GroupBatch, generation_rows, local_examples, sample_completions
 from rlhf_core.trainers.online.metrics import CompletionLog, completion_metrics, reward_metrics
@@ -47,7 +48,7 @@ class Rollout:
         self.old_logps, self.ref_logps, self.num_items = old_logps, ref_logps, num_items
 
 
-class OnlineTrainer(Trainer):
+class OnlineTrainer(OnlineCheckpointMixin, Trainer):
     """Shared construction and loop of GRPOTrainer and RLOOTrainer (see the module docstring)."""
 
     config_class: type[OnlineConfig] = OnlineConfig
@@ -155,26 +156,33 @@ class OnlineTrainer(Trainer):
     # ---- the loop ------------------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
-        """Optimise for ``max_steps`` optimizer steps (else ``num_train_epochs`` over the prompts)."""
-        if resume_from_checkpoint:
-            raise NotImplementedError("resume_from_checkpoint: resuming a GRPO/RLOO run is not implemented")
+        """Optimise for ``max_steps`` optimizer steps (else ``num_train_epochs`` over the prompts).
+
+        ``resume_from_checkpoint``: a checkpoint folder of this run, or True for the output_dir's last one.
+        """
         if self.train_dataset is None:
             raise ValueError("train() needs train_dataset= (a dataset with a 'prompt' column)")
         args, num_updates = self.args, self._num_updates()
         self._prepare(num_updates)
         self._init_state(num_updates)
+        self._buffer = self._resume(resume_from_checkpoint) if resume_from_checkpoint else None
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         rows = generation_rows(len(self.train_dataset), prompts_per_generation=self.prompts_per_generation,
-                               shuffle=args.shuffle_dataset, seed=args.seed)  # fmt: skip
+                               shuffle=args.shuffle_dataset, seed=args.seed, skip=self._generations)  # fmt: skip
         window, losses, started = MetricsWindow(), [], time.time()
         while self.state.global_step < num_updates and not self.control.should_training_stop:
             # The first optimizer step of a generation includes sampling and scoring (as in TRL's loop).
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
-            rollout = self._generate_and_score(next(rows), window)
-            for index, micro_batches in enumerate(self._optimizer_step_batches(rollout)):
-                if index:
+            if self._buffer is None or self._buffer.exhausted:
+                rollout = self._generate_and_score(next(rows), window)
+                self._buffer = GenerationBuffer(rollout, list(self._optimizer_step_batches(rollout)))
+            buffer, first = self._buffer, self._buffer.next_step
+            while not buffer.exhausted:
+                if buffer.next_step > first:
                     self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
-                losses.append(self._optimizer_step(rollout, micro_batches, window))
+                micro_batches = buffer.steps[buffer.next_step]
+                buffer.next_step += 1  # before the step's checkpoint, which records what is left
+                losses.append(self._optimizer_step(buffer.rollout, micro_batches, window))
                 self._finish_step(window)
                 if self.state.global_step >= num_updates or self.control.should_training_stop:
                     break
@@ -231,6 +239,7 @@ class OnlineTrainer(Trainer):
             self._policy(), examples, tokenizer=self.processing_class, collator=self.data_collator,
             max_completion_length=args.max_completion_length, sampling=self._sampling(),
             stop_token_ids=self.stop_ids, return_logprobs=self._needs_old_logps(), device=acc.device,
+            num_generations=args.num_generations,
         )  # fmt: skip
         mask = group.batch.response_mask
         if args.mask_truncated_completions:
@@ -282,10 +291,25 @@ class OnlineTrainer(Trainer):
 
     # ---- optimisation --------------------------------------------------------------------------------------
 
-    def _optimizer_step_batches(self, rollout: Rollout):
-        """Row indices of each optimizer step's micro-batches: ``num_iterations`` passes over one shuffled order."""
+    def _loss_ignores_micro_batching(self) -> bool:
+        """Whether the summed loss of an optimizer step is the same however its rows are cut into micro-batches."""
+        return False
+
+    def _row_order(self, rollout: Rollout) -> torch.Tensor:
+        """The rows in micro-batch order: shuffled, as TRL does, unless each optimizer step takes the whole
+        generation and the loss ignores how it is cut; then by prompt length (stable, so each prompt's copies stay
+        together): a micro-batch pads to fewer columns and holds fewer distinct prompts to run."""
         args = self.args
-        order = torch.randperm(len(rollout.advantages))
+        whole = args.steps_per_generation == args.gradient_accumulation_steps
+        if not (whole and self._loss_ignores_micro_batching()):
+            return torch.randperm(len(rollout.advantages))
+        lengths = rollout.group.batch.prompt_mask.sum(-1).cpu()
+        return torch.sort(lengths, descending=True, stable=True).indices
+
+    def _optimizer_step_batches(self, rollout: Rollout):
+        """Row indices of each optimizer step's micro-batches: ``num_iterations`` passes over one order."""
+        args = self.args
+        order = self._row_order(rollout)
         micro = [order[i : i + args.per_device_train_batch_size]
                  for i in range(0, len(order), args.per_device_train_batch_size)]  # fmt: skip
         accumulation = args.gradient_accumulation_steps

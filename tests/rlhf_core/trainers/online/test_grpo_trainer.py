@@ -164,3 +164,45 @@ def test_mask_truncated_completions_leaves_them_out_of_the_loss(text_prompts):
     assert log["completions/clipped_ratio"] == 1.0  # (seed 0) no one-token completion is the eos token
     assert all(torch.equal(a, b) for a, b in zip(params, trainer.model.parameters()))
     assert log["loss"] == 0.0
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_micro_batches_cut_by_prompt_give_the_shuffled_update(text_prompts, loss_type):
+    """One optimizer step per generation: the rows are cut by prompt (each micro-batch one group here, its prompt
+    run once) instead of shuffled, and the update is the same; "bnpo" normalises per micro-batch and stays shuffled."""
+    weights, cuts = [], []
+    for shuffled in (True, False):
+        torch.manual_seed(0)
+        trainer = GRPOTrainer(model="rlhf-tiny", reward_funcs=reward_len, train_dataset=text_prompts,
+                              args=config(max_steps=1, gradient_accumulation_steps=2, loss_type=loss_type, optim="sgd",
+                                          learning_rate=1e-2))  # fmt: skip
+        if shuffled:
+            trainer._loss_ignores_micro_batching = lambda: False
+        batches = trainer._optimizer_step_batches
+        trainer._optimizer_step_batches = lambda rollout: (
+            cuts.append(list(batches(rollout))) or iter(cuts[-1])
+        )
+        trainer.train()
+        weights.append([p.detach().clone() for p in trainer.model.parameters()])
+    for got, want in zip(*weights):  # SGD: the update is the gradient itself (Adam's first step is its sign)
+        torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-5)
+    assert (
+        max(
+            float((a - b).abs().max())
+            for a, b in zip(
+                weights[1],
+                GRPOTrainer(
+                    model="rlhf-tiny", reward_funcs=reward_len, train_dataset=text_prompts, args=config()
+                ).model.parameters(),
+            )
+        )
+        > 1e-4
+    )
+    assert [sorted(rows.tolist()) for rows in cuts[1][0]] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+    ]  # prompt-major groups
+    assert [sorted(rows.tolist()) for rows in cuts[0][0]] != [[0, 1, 2, 3], [4, 5, 6, 7]]
+    bnpo = GRPOTrainer(model="rlhf-tiny", reward_funcs=reward_len, train_dataset=text_prompts,
+                       args=config(loss_type="bnpo"))  # fmt: skip
+    assert not bnpo._loss_ignores_micro_batching()
