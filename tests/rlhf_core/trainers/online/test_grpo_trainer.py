@@ -179,7 +179,7 @@ def test_micro_batches_cut_by_prompt_give_the_shuffled_update(text_prompts, loss
         if shuffled:
             trainer._loss_ignores_micro_batching = lambda: False
         batches = trainer._optimizer_step_batches
-        trainer._optimizer_step_batches = lambda rollout: (
+        trainer._optimizer_step_batches = lambda rollout, batches=batches: (
             cuts.append(list(batches(rollout))) or iter(cuts[-1])
         )
         trainer.train()
