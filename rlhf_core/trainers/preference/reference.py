@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from rlhf_core.models.module_state import eval_mode, freeze
 from rlhf_core.models.reference import create_reference_model as frozen_copy
@@ -121,20 +123,36 @@ class ReferenceModelTrainer(PairwiseTrainer):
         self,
         model: nn.Module | str | None = None,
         ref_model: nn.Module | str | None = None,
-        args: Any = None,
-        *trainer_args: Any,
+        args: TrainingArguments | None = None,
+        data_collator: Callable[[list[Any]], dict[str, Any]] | None = None,
+        train_dataset: Dataset | Sequence[Mapping[str, Any]] | None = None,
+        eval_dataset: Dataset | Mapping[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        *,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        peft_config: Any = None,
         quantization_config: Any = None,
         **trainer_kwargs: Any,
     ) -> None:
-        """TRL's order, ``ref_model`` second; the rest (``data_collator, train_dataset, eval_dataset,
-        processing_class``, then ``tokenizer=``, ``peft_config=``, Trainer's keywords) as `PairwiseTrainer` takes it.
-        ``quantization_config`` is in TRL's signature; only None is accepted (no quantised loading here)."""
+        """TRL's order, ``ref_model`` second. ``quantization_config`` is in TRL's signature; only None is accepted
+        (no quantised loading here)."""
         if quantization_config is not None:
             raise NotImplementedError(
                 f"{type(self).__name__}(quantization_config=...) is not implemented: load the quantised model "
                 "yourself"
             )
-        super().__init__(model, args, *trainer_args, ref_model=ref_model, **trainer_kwargs)
+        super().__init__(
+            model,
+            args,
+            data_collator,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            ref_model=ref_model,
+            tokenizer=tokenizer,
+            peft_config=peft_config,
+            **trainer_kwargs,
+        )
 
     # ---- set-up (PairwiseTrainer's hooks) -------------------------------------------------------------------
 
