@@ -2,6 +2,8 @@
 
     python benchmarks/gpu_check.py            # on a machine with a CUDA GPU; under 10 minutes on one H100/H200
     python benchmarks/gpu_check.py --quick    # smaller head shapes and fewer steps (a first look)
+    python benchmarks/gpu_check.py --dry-run  # every part on the CPU at tiny shapes, torch backend: proves the script
+                                              # runs end to end before a GPU is lent; measures nothing
 
 Without CUDA it prints why and exits with status 2 (nothing is measured). With CUDA, three parts, each printed as it
 finishes:
@@ -87,7 +89,15 @@ def _max_violation(got, want, atol: float, rtol: float) -> float:
 def check_against_reference(op: str, dtype_name: str, device, backend, *, shape: dict | None = None) -> dict:
     """Value and gradients of ``op`` (``"logprobs"`` or ``"cross_entropy"``) vs the naive reference.
 
-    Returns ``{"op", "dtype", "worst": {name: violation}, "ok": bool}``; a violation <= 1 is within tolerance.
+    fp32 is compared with the naive op in fp32. bf16 is compared with the naive op run in fp64 on the same
+    (bf16-valued) inputs: the naive bf16 op rounds the logits' gradient to bf16 before its two backward matmuls, so
+    its own error is of the order of the tolerance, and ours (fp32 statistics and accumulation) against it can add
+    up to more than the tolerance while each is within it of the exact result (measured on the CPU at the default
+    shape with a per-token upstream gradient: ours 0.86 of the tolerance, naive bf16 1.25, ours vs naive bf16 2.4).
+    ``naive_worst`` gives the naive bf16 op's violations against the same fp64 reference, for comparison.
+
+    Returns ``{"op", "dtype", "worst": {name: violation}, "naive_worst", "ok": bool}``; a violation <= 1 is within
+    tolerance.
     """
     import torch
 
@@ -106,16 +116,20 @@ def check_against_reference(op: str, dtype_name: str, device, backend, *, shape:
     else:
         ours = lambda *a: fused_linear_cross_entropy(*a, backend=backend)  # noqa: E731
         naive, weights = naive_linear_cross_entropy, None
-    got, want = (
-        _forward_backward(ours, (h, w, b), labels, weights),
-        _forward_backward(naive, (h, w, b), labels, weights),
-    )
+    exact = dtype != torch.float32
+    leaves = (h, w, b) if not exact else tuple(t.double() for t in (h, w, b))
+    want = _forward_backward(naive, leaves, labels, None if weights is None else weights.to(leaves[0].dtype))
     tolerance = TOLERANCES[dtype_name]
-    names = ("value", "grad hidden", "grad weight", "grad bias")
-    worst = {
-        n: _max_violation(g, r, **tolerance) for n, g, r in zip(names, (got[0], *got[1]), (want[0], *want[1]))
-    }
-    return {"op": op, "dtype": dtype_name, "worst": worst, "ok": all(v <= 1.0 for v in worst.values())}
+
+    def violations(result: tuple) -> dict[str, float]:
+        names = ("value", "grad hidden", "grad weight", "grad bias")
+        pairs = zip(names, (result[0], *result[1]), (want[0], *want[1]))
+        return {n: _max_violation(g, r, **tolerance) for n, g, r in pairs}
+
+    worst = violations(_forward_backward(ours, (h, w, b), labels, weights))
+    naive_worst = violations(_forward_backward(naive, (h, w, b), labels, weights)) if exact else None
+    return {"op": op, "dtype": dtype_name, "worst": worst, "naive_worst": naive_worst,
+            "ok": all(v <= 1.0 for v in worst.values())}  # fmt: skip
 
 
 def _sync(device) -> None:
@@ -268,23 +282,29 @@ def train_steps(kind: str, config, device, *, steps: int, warmup: int, batch: in
     }
 
 
-def _print_checks(backend) -> bool:
-    print("\n== 1. Triton kernels vs the naive reference (Liger's tolerances; violation <= 1 passes) ==")
+def _print_checks(backend, device: str = "cuda", shape: dict | None = None) -> bool:
+    print(f"\n== 1. {backend} kernels vs the naive reference (Liger's tolerances; violation <= 1 passes) ==")
     ok = True
     for dtype_name in ("float32", "bfloat16"):
         for op in ("logprobs", "cross_entropy"):
-            result = check_against_reference(op, dtype_name, "cuda", backend)
+            result = check_against_reference(op, dtype_name, device, backend, shape=shape)
             ok &= result["ok"]
             worst = ", ".join(f"{name} {value:.2f}" for name, value in result["worst"].items())
+            if result["naive_worst"]:
+                worst += (
+                    " (vs fp64; naive bf16: "
+                    + ", ".join(f"{v:.2f}" for v in result["naive_worst"].values())
+                    + ")"
+                )
             print(f"{op:14} {dtype_name:9} {'ok' if result['ok'] else 'FAILED':7} {worst}", flush=True)
     return ok
 
 
-def _print_head(shape: dict, backend) -> None:
+def _print_head(shape: dict, backend, device: str = "cuda") -> None:
     print(
         f"\n== 2. cross-entropy forward+backward, H={shape['hidden']} V={shape['vocab']} N={shape['tokens']}, bf16 =="
     )
-    results = bench_head(shape, "cuda", backend)
+    results = bench_head(shape, device, backend)
     if "liger" not in results:
         print("liger-kernel is not importable here: Liger's fused linear cross-entropy not compared")
     naive = results["naive"]
@@ -292,28 +312,54 @@ def _print_head(shape: dict, backend) -> None:
         f"{'variant':8} {'ms':>9} {'extra peak MiB':>15} {'GFLOP/s':>9} {'time x naive':>13} {'memory x naive':>15}"
     )
     for name, r in results.items():
-        mib = r["extra_peak_bytes"] / 2**20
-        print(f"{name:8} {r['ms']:9.1f} {mib:15.0f} {r['gflops']:9.0f} {r['ms'] / naive['ms']:13.2f} "
-              f"{r['extra_peak_bytes'] / naive['extra_peak_bytes']:15.3f}", flush=True)  # fmt: skip
+        peak, naive_peak = r["extra_peak_bytes"], naive["extra_peak_bytes"]  # None off CUDA
+        mib = "n/a" if peak is None else f"{peak / 2**20:.0f}"
+        ratio = "n/a" if peak is None else f"{peak / naive_peak:.3f}"
+        print(f"{name:8} {r['ms']:9.1f} {mib:>15} {r['gflops']:9.0f} {r['ms'] / naive['ms']:13.2f} {ratio:>15}",
+              flush=True)  # fmt: skip
 
 
-def _print_training(quick: bool) -> None:
+def _print_training(
+    quick: bool, device: str = "cuda", config=None, lengths: tuple[int, int] = (2048, 1024)
+) -> None:
     import torch
 
-    config = model_config()
+    cuda = device == "cuda"
+    config = config or model_config()
     steps, warmup = (3, 1) if quick else (6, 2)
-    print(f"\n== 3. training steps, Llama-shaped model from config, bf16, {torch.cuda.get_device_name()} ==")
-    for kind, batch, length in (("sft", 4, 2048), ("dpo", 2, 1024)):
-        r = train_steps(kind, config, "cuda", steps=steps, warmup=warmup, batch=batch, length=length)
+    where = torch.cuda.get_device_name() if cuda else "CPU, fp32"
+    print(f"\n== 3. training steps, Llama-shaped model from config, bf16, {where} ==")
+    for kind, batch, length in (("sft", 4, lengths[0]), ("dpo", 2, lengths[1])):
+        r = train_steps(kind, config, device, steps=steps, warmup=warmup, batch=batch, length=length)
+        peak = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.1f} GiB"
         print(f"{kind}: {r['params'] / 1e6:.0f}M parameters, batch {batch} x {length} tokens, "
-              f"{r['tokens_per_s']:,.0f} tokens/s, peak GPU memory {r['peak_bytes'] / 2**30:.1f} GiB", flush=True)  # fmt: skip
-        torch.cuda.empty_cache()
+              f"{r['tokens_per_s']:,.0f} tokens/s, peak GPU memory {peak}", flush=True)  # fmt: skip
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+def dry_run() -> int:
+    """Every part of the check on the CPU at tiny shapes with the torch backend: the script's own code paths run
+    (argument handling, the three parts, their printing); the figures mean nothing and are labelled so."""
+    print("gpu_check --dry-run: CPU, tiny shapes, torch backend; nothing here is a measurement")
+    ok = _print_checks("torch", "cpu", shape={"tokens": 33, "hidden": 16, "vocab": 97})
+    _print_head({"tokens": 64, "hidden": 16, "vocab": 300}, "torch", "cpu")
+    tiny = model_config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                        intermediate_size=32, vocab_size=64)  # fmt: skip
+    _print_training(True, "cpu", tiny, lengths=(16, 16))
+    print(f"\ngpu_check --dry-run: done; torch kernels {'match' if ok else 'DO NOT match'} the reference")
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller head shape, fewer training steps")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="every part on the CPU at tiny shapes (no GPU needed)"
+    )
     args = parser.parse_args(argv)
+    if args.dry_run:
+        return dry_run()
     cuda_or_exit()
     import torch
 
