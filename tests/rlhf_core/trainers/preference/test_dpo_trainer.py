@@ -9,12 +9,13 @@ import weakref
 import pytest
 import torch
 from datasets import Dataset
+from preference_cases import quick_config
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from rlhf_core.data.formats import DataFormatError
 from rlhf_core.data.synthetic import SyntheticTask
 from rlhf_core.losses.dpo import DPO_LOSSES
-from rlhf_core.models.loading import load_causal_lm, load_tokenizer
+from rlhf_core.models.loading import load_causal_lm
 from rlhf_core.trainers.padding_free import (
     NO_ATTENTION_COST,
     BatchCostModel,
@@ -30,31 +31,8 @@ from rlhf_core.trainers.preference.logprobs import completion_logprobs
 BETA = 0.1
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("rlhf-tiny")
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return SyntheticTask(0).preference_dataset(8)
-
-
 def config(**overrides) -> DPOConfig:
-    settings = dict(
-        output_dir="out",
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        learning_rate=1e-3,
-        beta=BETA,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-        max_length=64,
-    )
-    settings.update(overrides)
-    return DPOConfig(**settings)
+    return quick_config(DPOConfig, **{"beta": BETA, **overrides})
 
 
 def naive_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:

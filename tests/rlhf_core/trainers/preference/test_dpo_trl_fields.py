@@ -7,16 +7,12 @@ import math
 
 import pytest
 import torch
+from preference_cases import quick_config
 
 from rlhf_core.data.synthetic import SyntheticTask
-from rlhf_core.models.loading import load_causal_lm, load_tokenizer
+from rlhf_core.models.loading import load_causal_lm
 from rlhf_core.trainers.preference.dpo import DPOTrainer
 from rlhf_core.trainers.preference.dpo_config import DPOConfig
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("rlhf-tiny")
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +21,7 @@ def pairs():
 
 
 def config(**overrides) -> DPOConfig:
-    settings = dict(output_dir="out", per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="no",
-                    seed=0, disable_tqdm=True, max_length=64, padding_free=False, report_to="none")  # fmt: skip
-    settings.update(overrides)
-    return DPOConfig(**settings)
+    return quick_config(DPOConfig, **{"learning_rate": 1e-2, "padding_free": False, **overrides})
 
 
 def trainer_and_batch(pairs, tokenizer, **overrides):

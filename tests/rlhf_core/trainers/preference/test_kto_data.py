@@ -9,13 +9,7 @@ from datasets import Dataset
 
 from rlhf_core.data.hh_rlhf import default_hh_rlhf_path, load_hh_rlhf
 from rlhf_core.data.synthetic import SyntheticTask
-from rlhf_core.models.loading import load_tokenizer
 from rlhf_core.trainers.preference.kto_data import UnpairedCollator, prepare_kto_dataset
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("rlhf-tiny")
 
 
 def ids(tokenizer, text: str) -> list[int]:

@@ -10,40 +10,18 @@ import weakref
 import pytest
 import torch
 from datasets import Dataset
+from preference_cases import quick_config
 from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from rlhf_core.data.formats import DataFormatError
-from rlhf_core.data.synthetic import SyntheticTask
-from rlhf_core.models.loading import load_causal_lm, load_tokenizer
+from rlhf_core.models.loading import load_causal_lm
 from rlhf_core.trainers.preference.kto import KTOTrainer
 from rlhf_core.trainers.preference.kto_config import KTOConfig
 from rlhf_core.trainers.preference.logprobs import completion_logprobs
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("rlhf-tiny")
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return SyntheticTask(0).preference_dataset(8)
-
-
 def config(**overrides) -> KTOConfig:
-    settings = dict(
-        output_dir="out",
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-        max_length=64,
-    )
-    settings.update(overrides)
-    return KTOConfig(**settings)
+    return quick_config(KTOConfig, **overrides)
 
 
 def naive_logps(model, ids, mask, labels) -> torch.Tensor:

@@ -6,6 +6,7 @@ import math
 import re
 from pathlib import Path
 
+import preference_cases
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,19 +66,9 @@ def pair_accuracy(trainer: RewardTrainer, dataset: Dataset) -> float:
 
 
 def quick_config(**overrides) -> RewardConfig:
-    settings = dict(
-        output_dir="out",
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=16,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-        max_length=96,
+    return preference_cases.quick_config(
+        RewardConfig, **{"per_device_eval_batch_size": 16, "max_length": 96, **overrides}
     )
-    settings.update(overrides)
-    return RewardConfig(**settings)
 
 
 @pytest.fixture(scope="module")
