@@ -7,7 +7,7 @@ reference, reward model and value model; 8 HH-RLHF prompts per update (``--promp
 one process per trainer, the same thread count.
 
 Each trainer runs in a FRESH subprocess (TRL from ``--trl-path``, put on ``sys.path`` in that subprocess only:
-``pip install --no-deps --target /tmp/trl112 trl==1.12.0``). A callback stamps wall and process CPU time at the
+the Makefile's ``.venv/trl112`` by default, else ``pip install --no-deps --target /tmp/trl112 trl==1.12.0``). A callback stamps wall and process CPU time at the
 end of every update; the first ``--warmup`` updates are dropped. Printed, never asserted: seconds per update
 (median wall and CPU), peak RSS of the process, and the ratios ours/TRL (targets: <= 0.4x s/update, lower RSS).
 On a shared machine wall time swings with the neighbours' load; CPU time much less.
@@ -51,6 +51,12 @@ def _prompts(tokenizer, n: int, source: str, max_prompt_length: int):
         rows = SyntheticTask(0).prompt_dataset(n, "train")
     ids = tokenize_prompts(rows, tokenizer, max_prompt_length=max_prompt_length)["input_ids"]
     return Dataset.from_dict({"input_ids": ids})
+
+
+def _default_trl_path() -> str:
+    """The Makefile's ``.venv/trl112`` when it is there, else ``/tmp/trl112`` (where run_all.py installs it)."""
+    venv = Path(sys.prefix) / "trl112"
+    return str(venv) if (venv / "trl").is_dir() else "/tmp/trl112"
 
 
 def _status_kib(field: str) -> int:
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="updates dropped from the timings")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="alternate fresh ours/TRL processes R times")
-    parser.add_argument("--trl-path", default="/tmp/trl112")
+    parser.add_argument("--trl-path", default=_default_trl_path())
     parser.add_argument("--also-value-head", action="store_true")
     parser.add_argument("--prompts", choices=("hh", "synthetic"), default="hh")
     parser.add_argument("--max-prompt-length", type=int, default=128)

@@ -8,11 +8,7 @@ The PPO epochs (``optimisation.run_ppo_epochs``) then run over it.
 
 The sampling, scoring and reference pieces are plain functions that need no value model, for the online trainers
 (GRPO, RLOO) to call. Log-probs use the sampling temperature, so they are those of the distribution the tokens
-came from.
-
-Per-token reward (Ziegler et al. 2019, arXiv:1909.08593 eq. 2; Stiennon et al. 2020, arXiv:2009.01325):
-``r_t = -kl_coef * KL_t`` on every response token, plus the sequence score on its last token. ``KL_t`` is the
-estimator chosen in the config, and that same tensor is what gets logged as ``objective/kl``.
+came from. The rewards and advantages (``Experience`` itself, ``build_experience``) are in ``advantages.py``.
 """
 
 from __future__ import annotations
@@ -25,16 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf_core.losses.ppo import gae, kl_estimate, masked_whiten
 from rlhf_core.models.module_state import eval_mode
 from rlhf_core.rollout.generation import generate
 from rlhf_core.rollout.logprobs import ResponseBatch, pad_columns, response_logprobs
 from rlhf_core.rollout.sampling import SamplingParams
 from rlhf_core.rollout.scoring import RewardFn, reward_function_scores, reward_model_scores
+from rlhf_core.trainers.ppo.advantages import AllReduce, Experience, build_experience
 from rlhf_core.trainers.ppo.config import PPOConfig
 from rlhf_core.trainers.ppo.policy_value import PolicyAndValue
-
-AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = [
     "Experience",
@@ -47,33 +41,6 @@ __all__ = [
     "score_responses",
     "stop_token_ids",
 ]
-
-
-@dataclass
-class Experience:
-    """One batch of episodes, filled stage by stage. Token tensors are [B, R]; ``scores`` is [B].
-
-    Sampling sets ``batch`` (and, when it could read them off the sampling pass, the old ``logprobs`` and
-    ``values``); scoring sets ``scores``; ``build_experience`` fills in everything else.
-    """
-
-    batch: ResponseBatch
-    logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = None
-    kl: torch.Tensor | None = None
-    rewards: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """The tokens learned from (``ResponseBatch.learn_mask``)."""
-        return self.batch.learn_mask
-
-    def __len__(self) -> int:
-        return len(self.batch)
 
 
 # ---- sampling, scoring, reference: no value model needed ---------------------------------------------------
@@ -255,74 +222,14 @@ def old_logprobs_and_values(
     return (exp.logprobs if exp.logprobs is not None else torch.cat(logps)), torch.cat(values)
 
 
-# ---- rewards, advantages, returns --------------------------------------------------------------------------
-
-
-def _whiten_if_possible(
-    values: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool, all_reduce: AllReduce | None = None
-) -> torch.Tensor:
-    """``masked_whiten`` over the global batch: with ``all_reduce`` (a sum over processes) the mean and variance
-    are those of every process's tokens together, so N processes whiten as one process with their whole batch."""
-    if all_reduce is None:
-        # Whitening needs a variance: with fewer than two tokens (a one-token answer to `step`) keep the values.
-        if mask.sum() < 2:
-            return values
-        return masked_whiten(values, mask, shift_mean=shift_mean) * mask
-    weights = mask.to(values.dtype)
-    count, total = all_reduce(torch.stack([weights.sum(), (values * weights).sum()])).unbind()
-    if count < 2:
-        return values
-    mean = total / count
-    variance = all_reduce(((values - mean) ** 2 * weights).sum()) / (count - 1)  # Bessel, as masked_var
-    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
-    return (whitened if shift_mean else whitened + mean) * weights
-
-
-@torch.no_grad()
-def build_experience(
-    batch: ResponseBatch,
-    *,
-    logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    values: torch.Tensor,
-    scores: torch.Tensor,
-    kl_coef: float,
-    kl_estimator: str,
-    gamma: float,
-    lam: float,
-    whiten_rewards: bool = False,
-    whiten_advantages: bool = True,
-    all_reduce: AllReduce | None = None,
-) -> Experience:
-    """KL-penalised per-token rewards, then GAE advantages (whitened) and value targets."""
-    learn = batch.learn_mask
-    mask = learn.to(logprobs.dtype)
-    kl = kl_estimate(logprobs, ref_logprobs, estimator=kl_estimator) * mask
-    rewards = -kl_coef * kl
-    # The score goes on the last learned token (TRL's last non-masked index), which a gapped mask puts after
-    # its gaps, not at mask.sum() - 1.
-    positions = torch.arange(learn.shape[1], device=learn.device)
-    last = (positions * learn.long()).argmax(-1)
-    rows = torch.arange(len(batch), device=rewards.device)
-    # A response with no token at all (cannot happen with max_new_tokens >= 1) would get its score nowhere.
-    rewards[rows, last] += scores.to(rewards.dtype) * (learn.sum(-1) > 0)
-    if whiten_rewards:
-        rewards = _whiten_if_possible(rewards, mask, shift_mean=False, all_reduce=all_reduce)
-    values = values * mask
-    advantages, returns = gae(rewards, values, mask, gamma=gamma, lam=lam)
-    if whiten_advantages:
-        advantages = _whiten_if_possible(advantages, mask, shift_mean=True, all_reduce=all_reduce)
-    return Experience(
-        batch=batch,
-        logprobs=logprobs * mask,
-        ref_logprobs=ref_logprobs * mask,
-        values=values,
-        scores=scores,
-        kl=kl,
-        rewards=rewards,
-        advantages=advantages,
-        returns=returns,
-    )
+def _has_active_dropout(model: nn.Module) -> bool:
+    """Whether a training-mode forward of ``model`` can differ from an eval-mode one: an ``nn.Dropout`` with p > 0,
+    or an attention module's own dropout rate (transformers' ``attention_dropout``, applied in training only)."""
+    for module in model.modules():
+        rate = module.p if isinstance(module, nn.Dropout) else getattr(module, "attention_dropout", 0.0)
+        if isinstance(rate, (int, float)) and rate > 0:
+            return True
+    return False
 
 
 # ---- the PPO path, bound to a trainer's config and models --------------------------------------------------
@@ -343,6 +250,8 @@ class RolloutEngine:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     # A sum over processes (None: one process): advantage/reward whitening over the global batch.
     all_reduce: AllReduce | None = None
+    # Leave the separate critic's old values to the first training forward where that gives the same values.
+    defer_values: bool = True
 
     def __post_init__(self) -> None:
         self.stop_ids = stop_token_ids(self.config, self.tokenizer)
@@ -414,11 +323,34 @@ class RolloutEngine:
             micro_batch_size=cfg.local_rollout_forward_batch_size,
         )
 
+    def defers_values(self, exp: Experience) -> bool:
+        """Whether the critic's rollout pass is left to the first training forward (``Experience.finish``).
+
+        When one micro-batch holds the whole batch (``len(exp) <= min(mini_batch_size,
+        per_device_train_batch_size)``), the first forward of the PPO epochs runs the separate ``value_model`` on
+        every episode with the parameters that made the rollout: its values are the old values, so the no-grad
+        pass that would compute them first is skipped. Only where that forward computes the same function as the
+        rollout's (no dropout active in training mode) and the old log-probs are known already (fp32 sampling).
+        ``defer_values=False`` turns it off.
+        """
+        cfg, model = self.config, self.model()
+        return (
+            self.defer_values
+            and model.value_model is not None
+            and exp.logprobs is not None
+            and exp.values is None
+            and len(exp) <= min(cfg.mini_batch_size, cfg.per_device_train_batch_size)
+            and not _has_active_dropout(model.value_model)
+        )
+
     def add_advantages(self, exp: Experience, kl_coef: float) -> Experience:
         """A scored ``Experience`` completed: old and reference log-probs, values, rewards, advantages, returns."""
         cfg = self.config
         with self.autocast():
-            logps, values = self.old_logprobs_and_values(exp)
+            if self.defers_values(exp):
+                logps, values = exp.logprobs, None
+            else:
+                logps, values = self.old_logprobs_and_values(exp)
             ref_logps = reference_logprobs(
                 exp.batch,
                 ref_model=self.ref_model,

@@ -45,7 +45,8 @@ class OptimisationStats:
 
 def _micro_batch_loss(
     model: nn.Module, exp: Experience, rows: torch.Tensor, num_tokens: torch.Tensor, cfg: PPOConfig
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], float, Experience]:
+    """The micro-batch's loss, its statistics and token count, and ``exp`` (completed if it was waiting)."""
     part, _ = exp.batch.select(rows).trimmed()
     width = part.response_ids.shape[1]
     out = model(
@@ -56,6 +57,12 @@ def _micro_batch_loss(
         temperature=cfg.temperature,
         return_entropy=True,
     )
+    if exp.finish is not None:
+        # The rollout left the old values to this forward (RolloutEngine.defers_values): these rows are the
+        # whole batch and the parameters are still the rollout's, so its values are the old ones.
+        values = out.values.new_zeros(exp.batch.response_ids.shape)
+        values[rows, :width] = out.values.detach()
+        exp = exp.finish(values)
     mask = part.learn_mask
 
     def old(t: torch.Tensor) -> torch.Tensor:
@@ -91,7 +98,7 @@ def _micro_batch_loss(
         "val/clipfrac": vf.clipfrac,
         "val/mean": vf.values_mean,
     }
-    return loss, stats, tokens
+    return loss, stats, tokens, exp
 
 
 def run_ppo_epochs(
@@ -112,7 +119,9 @@ def run_ppo_epochs(
         for micro_batches in mini_batch_indices(
             len(exp), config.mini_batch_size, config.per_device_train_batch_size, generator
         ):
-            num_tokens = sum(exp.mask[rows].sum() for rows in micro_batches).clamp(min=1).to(exp.values.dtype)
+            num_tokens = (
+                sum(exp.mask[rows].sum() for rows in micro_batches).clamp(min=1).to(exp.logprobs.dtype)
+            )
             if accelerator.num_processes > 1:
                 # DDP averages the ranks' gradients: dividing by the global mini-batch's tokens / world size makes
                 # the update that of one process with the whole global mini-batch (ranks' token counts differ).
@@ -126,7 +135,7 @@ def run_ppo_epochs(
                 )
                 with sync:
                     with accelerator.autocast():
-                        loss, values, tokens = _micro_batch_loss(model, exp, rows, num_tokens, config)
+                        loss, values, tokens, exp = _micro_batch_loss(model, exp, rows, num_tokens, config)
                     if not math.isfinite(float(loss.detach())):
                         on_nonfinite("loss", float(loss.detach()), index)
                     accelerator.backward(loss)

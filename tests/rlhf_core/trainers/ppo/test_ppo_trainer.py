@@ -209,3 +209,61 @@ def test_rollout_reuses_sampling_logprobs_and_values_and_they_match_a_fresh_pass
     trainer.args.recompute_rollout_logprobs = True
     again = trainer.rollout.sample(batch["input_ids"], batch["attention_mask"])
     assert again.logprobs is None and again.values is None
+
+
+def _critic_trainer(defer: bool, **kw):
+    """A PPO trainer with a separate critic, and the list its body's forward calls are counted in."""
+    path = tiny_model_path()
+    torch.manual_seed(0)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    critic = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    trainer = PPOTrainer(args=config(**{"max_steps": 2, **kw}), model=AutoModelForCausalLM.from_pretrained(path),
+                         reward_model=reward_model, value_model=critic,
+                         train_dataset=SyntheticTask(0).prompt_dataset(8, "train"),
+                         processing_class=load_tokenizer(TINY_MODEL))  # fmt: skip
+    trainer.rollout.defer_values = defer
+    calls = []
+    critic.model.register_forward_hook(lambda module, args, out: calls.append(torch.is_grad_enabled()))
+    return trainer, critic, calls
+
+
+def test_separate_critic_gets_its_old_values_from_the_first_training_forward():
+    runs = {}
+    for defer in (True, False):
+        trainer, critic, calls = _critic_trainer(defer)
+        recorder = Recorder()
+        trainer.add_callback(recorder)
+        trainer.train()
+        runs[defer] = (trainer, critic, calls, recorder.logs)
+    # deferred: one critic forward per update (the training one); otherwise a no-grad rollout pass before it
+    assert runs[True][2] == [True, True] and runs[False][2] == [False, True, False, True]
+    # the same update (measured: every weight bit-identical on the development CPU)
+    for name in ("model", "critic"):
+        ours, plain = (runs[d][0].model.policy if name == "model" else runs[d][1] for d in (True, False))
+        for (key, a), b in zip(ours.named_parameters(), plain.parameters()):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=f"{name} {key}")
+    for a, b in zip(runs[True][3], runs[False][3]):
+        assert a.keys() == b.keys()
+        for key in (
+            "loss/value",
+            "loss/policy",
+            "val/mean",
+            "val/clipfrac",
+            "objective/kl",
+            "objective/scores",
+        ):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_critic_values_are_not_deferred_when_the_first_forward_cannot_give_them():
+    # two micro-batches per mini-batch: the first forward sees half of the batch
+    trainer, _, calls = _critic_trainer(True, gradient_accumulation_steps=2, max_steps=1)
+    trainer.train()
+    assert calls == [False, True, True]
+    # dropout active in training mode: the training forward computes another function than the rollout's
+    trainer, critic, _ = _critic_trainer(True)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    sampled = trainer.rollout.sample(batch["input_ids"], batch["attention_mask"])
+    assert trainer.rollout.defers_values(sampled)
+    critic.model.layers[0].self_attn.attention_dropout = 0.1
+    assert not trainer.rollout.defers_values(sampled)
