@@ -272,3 +272,16 @@ def test_bad_rows_and_arguments_get_clear_errors(tokenizer):
     model = load_causal_lm("rlhf-tiny")
     with pytest.raises(ValueError, match="ref_model is the policy"):
         KTOTrainer(model=model, ref_model=model, args=config(), train_dataset=bad, tokenizer=tokenizer)
+
+
+def test_a_bf16_step_on_the_cpu_gives_a_finite_loss(tokenizer, pairs):
+    model = load_causal_lm("rlhf-tiny").to(torch.bfloat16)  # bf16 weights under CPU bf16 autocast
+    args = config(max_steps=1, bf16=True, use_cpu=True, report_to="none")
+    assert args.bf16  # use_cpu=True keeps CPU bf16 autocast (else it falls back to fp32 with a warning)
+    trainer = KTOTrainer(model=model, args=args, train_dataset=pairs, tokenizer=tokenizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()
+    log = next(h for h in trainer.state.log_history if "loss" in h)
+    assert math.isfinite(log["loss"]) and math.isfinite(log["grad_norm"]) and log["grad_norm"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
