@@ -11,7 +11,9 @@ computation here), no saving.
 
 Each implementation runs in a FRESH process; it reports the median wall seconds per optimizer step (sampling,
 scoring, reference pass and update) after ``--warmup`` steps, the same in process CPU seconds (a busy neighbour
-moves wall time much more than CPU time) and the process's peak RSS (``VmHWM``). Printed, never asserted.
+moves wall time much more than CPU time), the process's peak RSS (``VmHWM``) and the 1-minute load average at its
+start and end (the machine is shared: ratios from runs under very different loads do not compare). ``--rounds N``
+alternates the implementations N times (ours, TRL, ours, ...) and takes medians. Printed, never asserted.
 
 Targets printed beside the ratios: seconds per step <= 0.5x TRL, peak RSS <= 0.6x TRL.
 
@@ -77,6 +79,7 @@ def bench_prompts(tokenizer, n: int, max_tokens: int):
 
 def worker(impl: str, algo: str, steps: int, warmup: int, max_prompt_tokens: int) -> None:
     set_threads(THREADS)
+    load_start = os.getloadavg()[0]
     from models import load_bench_model_and_tokenizer
 
     package = __import__("rlhf_core" if impl == "ours" else "trl")
@@ -93,7 +96,8 @@ def worker(impl: str, algo: str, steps: int, warmup: int, max_prompt_tokens: int
             h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h
         ]
     clock.step_tokens = [0] * len(clock.step_seconds)
-    result = {"impl": impl, "algo": algo, "peak_rss": peak_rss_bytes(), **clock.summary(warmup)}
+    result = {"impl": impl, "algo": algo, "peak_rss": peak_rss_bytes(), **clock.summary(warmup),
+              "load": [load_start, os.getloadavg()[0]]}  # fmt: skip
     emit_result({**result, "tokens_per_step": median(lengths) if lengths else float("nan")})
 
 
@@ -129,13 +133,16 @@ def main() -> None:
                 runs[impl].append(run(impl, algo, args))
         results = {impl: aggregate(rs) for impl, rs in runs.items()}
         for impl, r in results.items():
-            print(
-                f"{algo} {impl}: mean completion length {r['tokens_per_step']:.1f}, peak RSS {r['peak_rss'] / MIB:.0f} MiB"
-            )
+            loads = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in (x["load"] for x in runs[impl]))
+            print(f"{algo} {impl}: mean completion length {r['tokens_per_step']:.1f}, peak RSS "
+                  f"{r['peak_rss'] / MIB:.0f} MiB, load average (1 min) at start -> end of each run: {loads}")  # fmt: skip
         if "ours" in results and "trl" in results:
             title = (f"{algo.upper()}, {PROMPTS_PER_STEP} prompts x {GENERATIONS} generations x {COMPLETION_TOKENS} "
                      f"tokens per step, fp32, {THREADS} threads ('tokens/step' = mean completion length)")  # fmt: skip
             report(title, results["ours"], results["trl"], TIME_TARGET, RSS_TARGET)
+            cpu = results["ours"]["median_step_cpu_s"] / results["trl"]["median_step_cpu_s"]
+            verdict = "met" if cpu <= TIME_TARGET else "NOT met"
+            print(f"by CPU time: {cpu:.2f}x (target <= {TIME_TARGET}x: {verdict})")
 
 
 if __name__ == "__main__":
