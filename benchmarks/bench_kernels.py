@@ -130,6 +130,31 @@ def run_worker(args: argparse.Namespace) -> dict:
     }
 
 
+def head_gemm_rate(args: argparse.Namespace, repeats: int = 3) -> dict[str, float]:
+    """fp32 rate of the op's own chunk GEMM, ``[512, H] @ [H, V]`` into a reused output (the fused ops' forward
+    matmul), best wall and per CPU-second over ``repeats`` x ``N / 512`` products: the ceiling the ops' matmuls
+    can reach here, a fairer yardstick than a 1024^3 product (MKL runs these wide products faster)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = min(512, args.n)
+    a, b = torch.randn(rows, args.h), torch.randn(args.v, args.h)
+    out = torch.empty(rows, args.v)
+    torch.mm(a, b.t(), out=out)
+    calls = max(1, args.n // rows)
+    best, cpu_start = float("inf"), time.process_time()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.mm(a, b.t(), out=out)
+        best = min(best, time.perf_counter() - start)
+    flops = calls * 2 * rows * args.h * args.v
+    return {
+        "gflops": flops / best / 1e9,
+        "gflops_per_cpu_s": repeats * flops / (time.process_time() - cpu_start) / 1e9,
+    }
+
+
 def _spawn(args: argparse.Namespace, op: str, variant: str, chunk_size: int | None) -> dict:
     command = [
         sys.executable,
@@ -175,10 +200,14 @@ def _rates(run: dict, args: argparse.Namespace, rate: dict) -> str:
     done_flops = matmuls * 2 * args.n * args.h * args.v
     wall = model_flops / run["median_s"] / 1e9
     cpu = model_flops / run["median_cpu_s"] / 1e9
+    head = rate["head"]
+    executed_cpu = done_flops / run["median_cpu_s"] / 1e9
     return (
         f"{'':<20}{wall:.1f} GFLOP/s of model work ({100 * wall / rate['gflops']:.0f} % of the matmul rate; by CPU time "
         f"{100 * cpu / rate['gflops_per_cpu_s']:.0f} %), {done_flops / run['median_s'] / 1e9:.1f} GFLOP/s executed "
-        f"({matmuls} matmuls)"
+        f"({matmuls} matmuls)\n{'':<20}by CPU time {executed_cpu:.1f} GFLOP/CPU-s executed = "
+        f"{100 * executed_cpu / head['gflops_per_cpu_s']:.0f} % of the chunk-GEMM rate; its matmuls alone at that rate: "
+        f"{done_flops / 1e9 / head['gflops_per_cpu_s']:.2f} CPU-s"
     )
 
 
@@ -238,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_worker(args)))
         return 0
     if args.matmul_worker:
-        print(json.dumps(matmul_gflops(args.threads)))
+        print(json.dumps({**matmul_gflops(args.threads), "head": head_gemm_rate(args)}))
         return 0
     if args.smoke:
         args.n, args.v, args.repeats = 512, 4000, 2
@@ -248,12 +277,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} timed repeats, one fresh process per variant"
         + (", LM head frozen" if args.freeze_weight else "")
     )
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--matmul-worker", "--threads", str(args.threads)],
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--matmul-worker", "--threads", str(args.threads),
+                           "--n", str(args.n), "--h", str(args.h), "--v", str(args.v)],
                           capture_output=True, text=True, check=True)  # fmt: skip
     rate = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"measured fp32 matmul rate ({args.threads} threads, 1024^3): {rate['gflops']:.1f} GFLOP/s wall, "
           f"{rate['gflops_per_cpu_s']:.1f} GFLOP per CPU-second; measured under whatever load the machine has: "
           "compare the CPU-time columns")  # fmt: skip
+    head = rate["head"]
+    print(f"measured rate of the ops' own chunk GEMM ([512, {args.h}] @ [{args.h}, {args.v}]): {head['gflops']:.1f} "
+          f"GFLOP/s wall, {head['gflops_per_cpu_s']:.1f} GFLOP per CPU-second")  # fmt: skip
     for op in args.ops.split(","):
         naive_runs: list[dict] = []
         fused_runs: dict[int | None, list[dict]] = {chunk: [] for chunk in chunk_sizes}
