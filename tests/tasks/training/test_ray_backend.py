@@ -24,7 +24,7 @@ from scale_out_helpers import ROOT, max_weight_difference, stage_spec
 
 from tasks.config import ScaleOutSettings
 from tasks.training.launch import train_stage
-from tasks.training.ray_job import NAMESPACE, RayStageError, job_id, storage_path, train_on_ray
+from tasks.training.ray_job import NAMESPACE, RayStageError, connect, job_id, storage_path, train_on_ray
 from tasks.training.ray_worker import worker_record
 
 pytestmark = pytest.mark.slow
@@ -72,11 +72,10 @@ def _frozen(*pids: int):
                 os.kill(pid, signal.SIGCONT)
 
 
-def _no_job_left_behind(name: str) -> None:
+def _no_job_left_behind(address: str, name: str) -> None:
     """Stop the job's actor (its driver thread then returns) when a test failed before the job ended."""
-    import ray
-
     with contextlib.suppress(Exception):
+        ray = connect(address)  # this process may not have joined the cluster yet
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
 
 
@@ -108,7 +107,7 @@ def test_killed_worker_resumes_from_checkpoint_and_a_retry_reattaches(
             killed = time.monotonic()
     except BaseException:
         _kill(driver.pid)
-        _no_job_left_behind(name)
+        _no_job_left_behind(ray_head, name)
         raise
     with caplog.at_level(logging.INFO, logger="tasks.training.ray_job"):
         outcome = train_on_ray(spec, scale_out, flow_run_id="flow-run-1")  # the task's retry
@@ -154,7 +153,7 @@ def test_killed_worker_without_restarts_fails_fast_naming_stage_and_worker(
                 job.result(timeout=120)
         finally:
             if not job.done():  # the pool would wait for all 400 steps
-                _no_job_left_behind(name)
+                _no_job_left_behind(ray_head, name)
     elapsed = time.monotonic() - killed
     message = str(failure.value)
     print(f"worker kill -> stage failed: {elapsed:.1f} s: {message}")
