@@ -7,6 +7,8 @@ upstream stage runs, and equal inputs always map to the same folder (cache hits 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from pathlib import Path
 
 from tasks.config import PipelineConfig
@@ -17,6 +19,17 @@ from tasks.stage_registry import STAGES, StageDefinition, preference_stages, rew
 from tasks.stage_specs import PipelinePlan, StagePlan, StageSpec
 
 __all__ = ["build_plan"]
+
+
+def _function_source(reward: str) -> str:
+    """Digest of the source file of the module that holds a ``"module:function"`` reward: editing the function
+    changes what the stage trains towards, so the stage is trained again instead of reused."""
+    module = reward.partition(":")[0]
+    spec = importlib.util.find_spec(module)
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    return (
+        hashlib.sha256(origin.read_bytes()).hexdigest() if origin is not None and origin.is_file() else module
+    )
 
 
 def _resolve(name_or_path: str) -> str:
@@ -59,6 +72,8 @@ class _PlanBuilder:
                 inputs[trained] = self.digests[trained]
             else:  # a given, not trained, reward model
                 inputs["reward_model"] = str(config.model.reward_model)
+        if scoring.get("reward") not in (None, "judge", "reward_model"):
+            inputs["reward_function"] = _function_source(scoring["reward"])
         digest = stage_digest(
             config,
             stage.name,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import os
+import sys
 import typing
 from typing import Any, ClassVar
 
@@ -27,6 +29,7 @@ __all__ = [
     "StagesSettings",
     "TrainerArgError",
     "build_trainer_config",
+    "check_reward_function",
     "check_trainer_args",
     "stage_settings_class",
     "trainer_config_class",
@@ -170,9 +173,34 @@ class OnlineStageSettings(StageSettings):
     @classmethod
     def _known_reward(cls, value: str) -> str:
         module, _, function = value.partition(":")
-        if value in ("reward_model", "judge") or (module and function and " " not in value):
+        if value in ("reward_model", "judge"):
+            return value
+        if module and function and " " not in value:
+            check_reward_function(value)
             return value
         raise ValueError(f"reward={value!r}: use 'reward_model', 'judge' or a function as 'module:function'")
+
+
+def check_reward_function(value: str) -> None:
+    """The reward function named ``"module:function"`` imports and is callable: a typo fails when the config is
+    read, not when the online stage starts after the stages before it have trained. A pass is remembered
+    (`tasks.check_cache`) with the module's file, so an unchanged module is not imported again to re-check it."""
+    module, _, function = value.partition(":")
+
+    def check() -> tuple[bool, list[str] | None]:
+        try:
+            fn = import_object(value)
+        except ImportError as err:
+            raise ValueError(f"reward={value!r}: cannot import module {module!r} ({err})") from None
+        except AttributeError:
+            raise ValueError(f"reward={value!r}: module {module!r} has no attribute {function!r}") from None
+        if not callable(fn):
+            raise ValueError(f"reward={value!r}: {function!r} is a {type(fn).__name__}, not a function")
+        file = getattr(sys.modules.get(module), "__file__", None)
+        return True, [file] if file else None
+
+    # Where the module is found depends on the import path and the working folder: part of the inputs.
+    check_cache.checked("reward function", {"reward": value, "path": sys.path, "cwd": os.getcwd()}, check)
 
 
 def _settings_class(name: str) -> type[StageSettings]:

@@ -58,3 +58,17 @@ def test_without_sft_everything_starts_from_the_base_model():
     )
     assert plan.reference == "base" and "sft" not in plan.policies()
     assert plan.stages["dpo"].spec.model == plan.base_model == plan.stages["reward"].spec.model
+
+
+def test_a_reward_function_is_part_of_the_online_stage_digest(tmp_path, monkeypatch):
+    module = tmp_path / "plan_rewards.py"
+    module.write_text("def score(completions, **_):\n    return [0.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    named, data = {"stages": {"grpo": {"enabled": True, "reward": "plan_rewards:score"}}}, _data(grpo="e")
+    first = _digests(named, data)
+    assert first["grpo"] != _digests({"stages": {"grpo": {"enabled": True, "reward": "judge"}}}, data)["grpo"]
+    assert _digests(named, data) == first
+    module.write_text("def score(completions, **_):\n    return [1.0] * len(completions)\n")
+    edited = _digests(named, data)
+    assert edited["grpo"] != first["grpo"]  # trained again, not reused with the old reward
+    assert {s: d for s, d in edited.items() if s != "grpo"} == {s: d for s, d in first.items() if s != "grpo"}

@@ -56,6 +56,33 @@ def test_unknown_stage_names_are_configuration_errors():
     assert "tracking.register_policy: expected 'best' or one of dpo, kto, ppo, grpo, got 'sft'" in problems
 
 
+def test_a_reward_function_that_does_not_import_is_a_configuration_error(tmp_path, monkeypatch):
+    from tasks.config import ConfigError
+
+    (tmp_path / "my_rewards.py").write_text(
+        "def short(completions, **_):\n    return [0.0] * len(completions)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def problems(reward: str) -> list[str]:
+        try:
+            config_from_mapping({"stages": {"grpo": {"enabled": True, "reward": reward}}})
+        except ConfigError as err:
+            return err.problems
+        return []
+
+    assert problems("my_rewards:short") == []
+    assert any("module 'my_rewards' has no attribute 'shrot'" in p for p in problems("my_rewards:shrot"))
+    assert any("cannot import module 'my_rewardz'" in p for p in problems("my_rewardz:short"))
+    assert any("'__name__' is a str, not a function" in p for p in problems("my_rewards:__name__"))
+    # the pass was remembered with the module's file: once the function is gone, it is checked again
+    (tmp_path / "my_rewards.py").write_text(
+        "def long(completions, **_):\n    return [1.0] * len(completions)\n"
+    )
+    sys.modules.pop("my_rewards")
+    assert any("has no attribute 'short'" in p for p in problems("my_rewards:short"))
+
+
 def test_the_kto_stage_trains_through_the_training_dispatch(tmp_path):
     from rlhf_core.data.synthetic import SyntheticTask
     from rlhf_core.trainers.preference.kto import KTOTrainer
