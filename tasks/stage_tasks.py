@@ -45,10 +45,11 @@ def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
 
 def _retry_condition(task_obj: Any, task_run: Any, state: Any) -> bool:
     from rlhf_core.trainers.base import NonFiniteLossError
+    from tasks.tracking.check import TrackingServerUnreachable
 
     try:
         state.result()
-    except (ValueError, TypeError, KeyError, NonFiniteLossError):
+    except (ValueError, TypeError, KeyError, NonFiniteLossError, TrackingServerUnreachable):
         return False
     except Exception:
         return True

@@ -25,6 +25,8 @@ from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 
+from tasks.tracking.check import TrackingServerUnreachable
+from tasks.tracking.environment import environment
 from tasks.tracking.local_store import seed_sqlite_store
 
 if TYPE_CHECKING:
@@ -149,6 +151,8 @@ def parent_run(experiment_name: str, run_name: str, tags: Mapping[str, str]) -> 
     run_id = run.info.run_id
     try:
         yield run_id
+    except TrackingServerUnreachable:
+        raise  # nothing can be marked on a server that is gone; the next run of the config marks it a ghost
     except BaseException as exc:
         client.set_tag(run_id, "rlhf.error", str(exc)[:4000] or type(exc).__name__)
         client.set_terminated(run_id, _status_for(exc))
@@ -159,22 +163,11 @@ def parent_run(experiment_name: str, run_name: str, tags: Mapping[str, str]) -> 
 @contextlib.contextmanager
 def callback_environment() -> Iterator[None]:
     """Environment under which transformers' MLflowCallback logs into the already-active run and nothing else."""
-    wanted = {
-        "MLFLOW_NESTED_RUN": "FALSE",
-        "HF_MLFLOW_LOG_ARTIFACTS": "FALSE",
-        "MLFLOW_FLATTEN_PARAMS": "TRUE",
-    }
-    saved = {key: os.environ.get(key) for key in [*wanted, "MLFLOW_RUN_ID"]}
-    os.environ.update(wanted)
-    os.environ.pop("MLFLOW_RUN_ID", None)  # the callback (and start_run) would resume that run instead
-    try:
+    # MLFLOW_RUN_ID removed: the callback (and start_run) would resume that run instead.
+    wanted = {"MLFLOW_NESTED_RUN": "FALSE", "HF_MLFLOW_LOG_ARTIFACTS": "FALSE", "MLFLOW_FLATTEN_PARAMS": "TRUE",
+              "MLFLOW_RUN_ID": None}  # fmt: skip
+    with environment(wanted):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -205,6 +198,12 @@ def stage_run(parent_run_id: str, stage: str, *, tags: Mapping[str, str] | None 
         )
         try:
             yield run.info.run_id
+        except TrackingServerUnreachable:
+            # Nothing can be marked on a server that is gone (the next run marks this one a ghost); end_run takes
+            # the run off this thread's stack before it fails to reach the server.
+            with contextlib.suppress(Exception):
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
         except BaseException as exc:
             mlflow.set_tag("rlhf.error", str(exc)[:4000] or type(exc).__name__)
             mlflow.flush_async_logging()
@@ -214,36 +213,26 @@ def stage_run(parent_run_id: str, stage: str, *, tags: Mapping[str, str] | None 
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
-class _SynchronousLogging:
-    """The mlflow module, except that log_params / log_metrics always log synchronously."""
-
-    def __init__(self, module: Any) -> None:
-        self._module = module
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
-
-    def log_params(self, params: Mapping[str, Any], synchronous: bool | None = None, **kwargs: Any) -> Any:
-        return self._module.log_params(params, synchronous=True, **kwargs)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, synchronous: bool | None = None,
-                    **kwargs: Any) -> Any:  # fmt: skip
-        return self._module.log_metrics(metrics, step=step, synchronous=True, **kwargs)
-
-
 def synchronous_mlflow_callback() -> Any:
     """transformers' `MLflowCallback` (what ``report_to=["mlflow"]`` installs), logging synchronously.
 
     Its asynchronous mode starts a logging thread that polls its queue once a second, and closing a run waits
     for it: about 2 s per stage (flush, then end), measured, against a few milliseconds for the handful of
-    synchronous metric writes a stage makes.
+    synchronous metric writes a stage makes. A tracking server that stops answering does not stop training:
+    see `tasks.tracking.buffered_logging`.
     """
     from transformers.integrations import MLflowCallback
+
+    from tasks.tracking.buffered_logging import BufferedLogging
 
     class SynchronousMLflowCallback(MLflowCallback):
         def __init__(self) -> None:
             super().__init__()
-            self._ml_flow = _SynchronousLogging(self._ml_flow)
+            self._ml_flow = BufferedLogging(self._ml_flow)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            super().on_train_end(args, state, control, **kwargs)
+            self._ml_flow.finish(args.output_dir, state.global_step)
 
     return SynchronousMLflowCallback()
 
