@@ -9,6 +9,7 @@ its own MLflow run under the pipeline's parent run, whose id it receives explici
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +119,14 @@ def _samples(job: StageJob, policy: str, reward_model: str | None, name: str) ->
     return time.perf_counter() - start
 
 
+def _log_training_samples(spec: Any) -> None:
+    """The completions an online stage (GRPO/RLOO) sampled and scored at each of its logs, as samples/training."""
+    # rlhf_core.trainers.online.metrics.COMPLETIONS_FILE (not imported: it would import torch into the flow)
+    path = Path(spec.checkpoints_dir) / "completions.jsonl"
+    if path.is_file():
+        tracking.log_samples([json.loads(line) for line in path.read_text().splitlines() if line], "training")
+
+
 def _train_or_reuse(
     job: StageJob, run_id: str, trainer_config: Any, logger: Any
 ) -> tuple[TrainOutcome, float]:
@@ -164,6 +173,7 @@ def run_training_job(job: StageJob) -> StageResult:
         after_policy = plan.input_policy if is_reward else outcome.final_dir
         after_rm = outcome.final_dir if is_reward else plan.sample_reward_model
         work += train_wall + _samples(job, after_policy, after_rm, "after")
+        _log_training_samples(spec)
         tracking.log_metrics(
             run_id, {"stage_train_seconds": outcome.train_seconds, "stage_work_seconds": work}
         )

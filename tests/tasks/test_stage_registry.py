@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from transformers import Trainer, TrainingArguments
 
 from tasks.config import PipelineConfig, config_from_mapping
@@ -110,6 +111,7 @@ def test_the_grpo_stage_trains_with_the_judge_or_a_named_function(tmp_path, monk
     from rlhf_core.data.synthetic import SyntheticTask
     from rlhf_core.rewards import synthetic_judge_reward
     from rlhf_core.trainers.online.grpo import GRPOTrainer
+    from tasks import stage_tasks
     from tasks.config import ConfigError
     from tasks.stage_specs import StageSpec
     from tasks.training import run as training
@@ -136,6 +138,18 @@ def test_the_grpo_stage_trains_with_the_judge_or_a_named_function(tmp_path, monk
         assert isinstance(built, GRPOTrainer) and built.rewards.sources[0].fn is expected
     outcome = training.run_stage_training(spec)
     assert outcome.global_step == 1 and (Path(spec.stage_dir) / "final" / "model.safetensors").is_file()
+    # the completions table of each log reaches the stage's MLflow run as samples/training
+    logged = []
+    monkeypatch.setattr(stage_tasks.tracking, "log_samples", lambda rows, name: logged.append((name, rows)))
+    stage_tasks._log_training_samples(spec)
+    [(name, rows)] = logged
+    assert name == "training" and len(rows) == 4  # 1 prompt x 4 completions at step 1's log
+    assert {"step", "prompt", "completion", "length_reward", "advantage"} <= set(rows[0]) and rows[0][
+        "step"
+    ] == 1
+    assert [r["length_reward"] for r in rows] == pytest.approx(
+        [-abs(10 - len(r["completion"])) / 10 for r in rows]
+    ), rows
 
 
 # A new stage is one registry entry: here a second SFT pass on top of the first, added before anything else is

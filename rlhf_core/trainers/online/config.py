@@ -45,9 +45,6 @@ ONLINE_UNIMPLEMENTED: dict[str, Unimplemented] = {
     "router_aux_loss_coef": Unimplemented(
         None, "mixture-of-experts router losses are not wired", "float | None"
     ),
-    "num_generations_eval": Unimplemented(
-        None, "evaluation with generations is not implemented", "int | None"
-    ),
     "min_p": Unimplemented(None, "use temperature, top_k or top_p", "float | None"),
     "repetition_penalty": Unimplemented(
         1.0, "use temperature, top_k or top_p (or rlhf_core.rewards' repetition penalty)"
@@ -94,6 +91,7 @@ class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
     pad_to_multiple_of: int | str | None = _f(
         "auto", "Pad prompt batches to a multiple of this ('auto': none)."
     )
+    num_generations_eval: int | None = _f(None, "Completions per eval prompt (None: num_generations).")
     generation_batch_size: int | None = _f(None, "Completions per generation over all processes.")
     steps_per_generation: int | None = _f(None, "Micro-batches per process per generation.")
     temperature: float = _f(1.0, "Sampling temperature; log-probs are computed at the same temperature.")

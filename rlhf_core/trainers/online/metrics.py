@@ -1,13 +1,17 @@
 """What GRPO/RLOO report (TRL 1.16's metric names) and the table of sampled completions.
 
 Rewards are the gathered ones of a whole generation, so every process logs the same reward statistics.
-The completion table keeps the completions sampled since the last log (``rows``: a list of dicts, what the
-pipeline logs as an MLflow table) and prints it when ``log_completions`` is on.
+The completion table keeps the completions sampled since the last log (``rows``: a list of dicts with the step,
+prompt, completion, each reward function's score and the advantage), appends them at each log to
+``<output_dir>/completions.jsonl`` (what the pipeline logs as an MLflow table) and prints them when
+``log_completions`` is on (TRL's table of completions).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -15,7 +19,9 @@ import torch
 
 from rlhf_core.losses.grpo import weighted_rewards
 
-__all__ = ["CompletionLog", "completion_metrics", "reward_metrics"]
+__all__ = ["COMPLETIONS_FILE", "CompletionLog", "append_jsonl", "completion_metrics", "reward_metrics"]
+
+COMPLETIONS_FILE = "completions.jsonl"  # in output_dir: every logged table's rows, one JSON object a line
 
 
 def _nan_stats(values: torch.Tensor) -> tuple[float, float]:
@@ -113,6 +119,15 @@ class CompletionLog:
         lines.append("-+-".join("-" * widths[c] for c in columns))
         lines += [" | ".join(_cell(r.get(c))[: widths[c]].ljust(widths[c]) for c in columns) for r in rows]
         print("\n".join(lines), flush=True)
+
+
+def append_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to the JSON-lines file ``path`` (values JSON cannot hold are written as text)."""
+    if not rows:
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, default=str) + "\n" for row in rows)
 
 
 def _cell(value: Any) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from typing import Any
 
@@ -28,8 +29,15 @@ from rlhf_core.models.pad_token import resolve_pad_token_id
 from rlhf_core.rollout.sampling import SamplingParams
 from rlhf_core.trainers.online.checkpoint import GenerationBuffer, OnlineCheckpointMixin
 from rlhf_core.trainers.online.config import OnlineConfig
+from rlhf_core.trainers.online.evaluation import evaluate_generations
 from rlhf_core.trainers.online.groups import GroupBatch, generation_rows, local_examples, sample_completions
-from rlhf_core.trainers.online.metrics import CompletionLog, completion_metrics, reward_metrics
+from rlhf_core.trainers.online.metrics import (
+    COMPLETIONS_FILE,
+    CompletionLog,
+    append_jsonl,
+    completion_metrics,
+    reward_metrics,
+)
 from rlhf_core.trainers.online.models import build_models, sync_reference
 from rlhf_core.trainers.online.policy import CompletionPolicy
 from rlhf_core.trainers.online.reward_functions import RewardFunctions
@@ -69,7 +77,7 @@ class OnlineTrainer(OnlineCheckpointMixin, Trainer):
         peft_config: Any = None,
         **unsupported: Any,
     ) -> None:
-        self._reject_unsupported(unsupported, eval_dataset)
+        self._reject_unsupported(unsupported)
         args = args if args is not None else self.config_class(output_dir=f"{self._name}_output")
         if not isinstance(args, self.config_class):
             raise TypeError(
@@ -82,9 +90,12 @@ class OnlineTrainer(OnlineCheckpointMixin, Trainer):
             policy_tokenizer=processing_class, model_init_kwargs=args.model_init_kwargs,
         )  # fmt: skip
         prompts = self._tokenize(train_dataset, processing_class) if train_dataset is not None else None
+        eval_prompts = (
+            None if eval_dataset is None else self._tokenize(eval_dataset, processing_class, "eval_dataset")
+        )
         super().__init__(
             model=CompletionPolicy(policy), args=args, data_collator=PromptCollator(self.pad_id),
-            train_dataset=prompts, processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
+            train_dataset=prompts, eval_dataset=eval_prompts, processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
         )  # fmt: skip
         self.ref_model = ref_model
         for module in [ref_model, *self.rewards.models]:
@@ -96,22 +107,20 @@ class OnlineTrainer(OnlineCheckpointMixin, Trainer):
         self._prepared = False
 
     @staticmethod
-    def _reject_unsupported(unsupported: dict[str, Any], eval_dataset: Any) -> None:
+    def _reject_unsupported(unsupported: dict[str, Any]) -> None:
         given = {k: v for k, v in unsupported.items() if v is not None}
         if given:
             names = ", ".join(sorted(given))
             raise NotImplementedError(
                 f"{names}: not implemented (tools, rollout functions, environments, quantisation)"
             )
-        if eval_dataset is not None:
-            raise NotImplementedError("eval_dataset: evaluation with generations is not implemented")
 
     @staticmethod
-    def _tokenize(dataset: Any, tokenizer: Any) -> Any:
+    def _tokenize(dataset: Any, tokenizer: Any, name: str = "train_dataset") -> Any:
         columns = list(getattr(dataset, "column_names", None) or (dataset[0].keys() if len(dataset) else []))
         if "prompt" not in columns:
             raise ValueError(
-                f"train_dataset has no 'prompt' column (its columns: {columns}): GRPO/RLOO need prompts"
+                f"{name} has no 'prompt' column (its columns: {columns}): GRPO/RLOO need prompts"
             )
         return tokenize_prompts(dataset, tokenizer)
 
@@ -215,11 +224,30 @@ class OnlineTrainer(OnlineCheckpointMixin, Trainer):
             logs["learning_rate"] = self._last_lr
             self.log(logs)
             rows = self.completion_log.pop()
+            if self.is_world_process_zero() and self.args.should_save:
+                # the table of each log, for whoever tracks the run (the pipeline logs it to MLflow)
+                append_jsonl(os.path.join(self.args.output_dir, COMPLETIONS_FILE), rows)
             if self.args.log_completions and self.is_world_process_zero():
                 self.completion_log.print(self.state.global_step, rows)
+        if self.control.should_evaluate and self.eval_dataset is not None:
+            self.evaluate()
         if self.control.should_save:
             self._save_checkpoint(self.model, trial=None)
             self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"):
+        """Sample ``num_generations_eval`` completions per eval prompt, score them, log and return the metrics."""
+        dataset = (
+            self.eval_dataset
+            if eval_dataset is None
+            else self._tokenize(eval_dataset, self.processing_class, "eval_dataset")
+        )
+        if dataset is None:
+            raise ValueError("evaluate() needs eval_dataset= (a dataset with a 'prompt' column)")
+        metrics = evaluate_generations(self, dataset, metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
 
     def _policy(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model).policy
@@ -285,8 +313,8 @@ class OnlineTrainer(OnlineCheckpointMixin, Trainer):
             acc.gather(group.batch.prompt_mask.sum().reshape(1)).sum() + lengths.sum()
         )
         window.add(metrics)
-        self.completion_log.add(
-            self.state.global_step, group, rewards[share], advantages[share], self.rewards.names
+        self.completion_log.add(  # the step: the first optimizer step that trains on them
+            self.state.global_step + 1, group, rewards[share], advantages[share], self.rewards.names
         )
 
     # ---- optimisation --------------------------------------------------------------------------------------
@@ -390,8 +418,6 @@ class OnlineTrainer(OnlineCheckpointMixin, Trainer):
         return dict(zip(keys, self.accelerator.reduce(values, reduction="mean").tolist()))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        import os
-
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return

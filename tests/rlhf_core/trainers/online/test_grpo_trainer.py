@@ -206,3 +206,30 @@ def test_micro_batches_cut_by_prompt_give_the_shuffled_update(text_prompts, loss
     bnpo = GRPOTrainer(model="rlhf-tiny", reward_funcs=reward_len, train_dataset=text_prompts,
                        args=config(loss_type="bnpo"))  # fmt: skip
     assert not bnpo._loss_ignores_micro_batching()
+
+
+def test_eval_dataset_is_answered_scored_and_logged_with_the_eval_prefix(text_prompts):
+    seen = []
+
+    def spy(prompts, completions, **_):
+        seen.append(list(prompts))
+        return [float(len(c)) for c in completions]
+
+    eval_prompts = Dataset.from_dict({"prompt": ["Count to three:", "Say hi", "Pick a colour:"]})
+    trainer = GRPOTrainer(model="rlhf-tiny", reward_funcs=spy, train_dataset=text_prompts, eval_dataset=eval_prompts,
+                          args=config(eval_strategy="steps", eval_steps=1, num_generations_eval=2,
+                                      per_device_eval_batch_size=4))  # fmt: skip
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_reward" in h]
+    assert [h["step"] for h in evals] == [1, 2]
+    assert {"eval_rewards/spy/mean", "eval_completions/mean_length", "eval_reward_std"} <= set(evals[0])
+    seen.clear()
+    params = [p.clone() for p in trainer.model.parameters()]
+    metrics = trainer.evaluate()
+    # 3 prompts x 2 completions, 2 prompts (4 completions) per batch: every eval prompt, each answered twice
+    assert seen == [["Count to three:"] * 2 + ["Say hi"] * 2, ["Pick a colour:"] * 2]
+    assert metrics["eval_completions/max_length"] <= 8 and metrics["eval_reward"] >= 0
+    assert all(torch.equal(a, b) for a, b in zip(params, trainer.model.parameters()))  # no update
+    with pytest.raises(ValueError, match="eval_dataset has no 'prompt' column"):
+        GRPOTrainer(model="rlhf-tiny", reward_funcs=spy, train_dataset=text_prompts,
+                    eval_dataset=Dataset.from_dict({"text": ["x"]}), args=config())  # fmt: skip
