@@ -15,7 +15,17 @@ from tasks.config import config_from_mapping
 
 pytestmark = pytest.mark.slow
 
-TRAINING = ("sft", "reward", "dpo", "ppo")
+TRAINING = ("sft", "reward", "dpo", "kto", "ppo", "grpo")
+# The opt-in stages, on as small as the others; GRPO scored by the reward model trained above (the judge and a
+# "module:function" are covered in tests/tasks/test_stage_registry.py).
+OPT_IN = {
+    "kto": {"enabled": True, "args": {"max_steps": 2, "per_device_train_batch_size": 8, "max_length": 48,
+                                      "logging_steps": 1, "save_steps": 1, "disable_tqdm": True}},
+    "grpo": {"enabled": True, "reward": "reward_model",
+             "args": {"max_steps": 1, "per_device_train_batch_size": 4, "num_generations": 4,
+                      "max_completion_length": 6, "gradient_checkpointing": False, "logging_steps": 1,
+                      "save_steps": 1, "disable_tqdm": True}},
+}  # fmt: skip
 
 
 def _children(parent_id: str) -> dict[str, mlflow.entities.Run]:
@@ -30,13 +40,21 @@ def _artifacts(run_id: str, folder: str = "") -> set[str]:
 
 @pytest.fixture(scope="module")
 def first_run(prefect_harness, tiny_config):
-    return rlhf_pipeline(config_from_mapping(tiny_config()))
+    return rlhf_pipeline(config_from_mapping(tiny_config(stages=OPT_IN)))
 
 
 def test_flow_parameter_is_the_pydantic_config():
     schema = rlhf_pipeline.parameters.model_dump()
     assert schema["properties"]["config"]["$ref"].endswith("/PipelineConfig")
     assert "StagesSettings" in schema["definitions"] and "refresh" in schema["properties"]
+    # the Prefect UI form offers every stage; the opt-in ones are off until switched on
+    stages = schema["definitions"]["StagesSettings"]["properties"]
+    assert list(stages) == ["sft", "reward", "dpo", "kto", "ppo", "grpo"]
+    for name in ("kto", "grpo"):
+        block = schema["definitions"][stages[name]["$ref"].rpartition("/")[2]]["properties"]
+        assert block["enabled"]["default"] is False and block["args"]["type"] == "object", name
+    grpo = schema["definitions"]["GRPOStage"]["properties"]["reward"]
+    assert grpo["type"] == "string" and "'module:function'" in grpo["description"]
 
 
 def test_parent_run_and_one_child_per_stage(first_run):
@@ -55,7 +73,7 @@ def test_parent_run_and_one_child_per_stage(first_run):
         assert "stage_config.json" in _artifacts(run.info.run_id)
         assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
         # step metrics from the trainer's MLflow callback, once per logging step
-        metric = "objective/scores" if stage == "ppo" else "loss"
+        metric = {"ppo": "objective/scores", "grpo": "reward"}.get(stage, "loss")
         history = client.get_metric_history(run.info.run_id, metric)
         assert history and len({m.step for m in history}) == len(history), stage
         # the final checkpoint, logged once as a model of this run
@@ -75,7 +93,7 @@ def test_samples_table_columns(first_run):
 
 def test_evaluation_on_the_parent_and_the_stage_table(first_run):
     parent = MlflowClient().get_run(first_run.parent_run_id)
-    for policy in ("base", "sft", "dpo", "ppo"):
+    for policy in ("base", "sft", "dpo", "kto", "ppo", "grpo"):
         for metric in ("judge_score", "reward_score", "win_rate", "kl_to_ref"):
             assert f"{policy}_{metric}" in parent.data.metrics, (policy, metric)
     assert parent.data.metrics["sft_kl_to_ref"] == 0.0 and parent.data.metrics["sft_win_rate"] == 0.5
@@ -86,7 +104,7 @@ def test_evaluation_on_the_parent_and_the_stage_table(first_run):
 
 def test_final_policy_registered_as_champion(first_run):
     registration = first_run.registration
-    assert registration is not None and registration.policy in ("dpo", "ppo")
+    assert registration is not None and registration.policy in ("dpo", "kto", "ppo", "grpo")
     assert registration.version == "1" and registration.champion_moved
     version = MlflowClient().get_model_version_by_alias("tiny-policy", "champion")
     assert str(version.version) == "1" and version.tags["pipeline_run_id"] == first_run.parent_run_id
@@ -112,7 +130,7 @@ def test_prefect_artifacts(first_run):
         "| stage | judge score | reward-model score | win rate vs SFT | KL to reference | wall time (s) |"
         in table.data
     )
-    assert "| ppo |" in table.data
+    assert all(f"| {stage} |" in table.data for stage in ("kto", "ppo", "grpo"))
 
 
 def _prefect_logs(flow_run_id: str) -> list[str]:
@@ -147,8 +165,9 @@ def test_flow_run_is_named_after_the_config_and_each_stage_logs_its_story(first_
             r", \d+ (steps?|episodes|epochs) \(batch ", start
         )
         assert "final metrics: " in end and "train_runtime=" in end
-    (ppo,) = [m for m in messages if m.startswith("ppo: starts from ")]
-    assert "rollouts scored by the reward model " + first_run.stages["reward"].model_dir in ppo
+    for stage in ("ppo", "grpo"):
+        (start,) = [m for m in messages if m.startswith(f"{stage}: starts from ")]
+        assert "rollouts scored by the reward model " + first_run.stages["reward"].model_dir in start
 
 
 def test_unchanged_stage_is_reused_and_a_deleted_checkpoint_retrained(first_run, tiny_config):
