@@ -188,3 +188,41 @@ def test_a_new_stage_is_one_registry_entry():
         [sys.executable, "-c", _NEW_STAGE], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_a_crashed_grpo_stage_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    import json
+
+    import pytest
+    from transformers import TrainerCallback
+
+    from rlhf_core.data.synthetic import SyntheticTask
+    from tasks.stage_specs import StageSpec
+    from tasks.training import run as training
+
+    class CrashAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt(f"simulated crash after saving step {state.global_step}")
+
+    build = training.build_trainer
+
+    def crashing(spec, args):
+        trainer = build(spec, args)
+        trainer.add_callback(CrashAfterFirstSave())
+        return trainer
+
+    SyntheticTask().prompt_dataset(8, "train").save_to_disk(str(tmp_path / "prompts"))
+    args = {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 6,
+            "gradient_checkpointing": False, "logging_steps": 1, "save_steps": 1, "disable_tqdm": True}  # fmt: skip
+    spec = StageSpec(stage="grpo", model="rlhf-tiny", train_data=str(tmp_path / "prompts"),
+                     stage_dir=str(tmp_path / "grpo"), args=args, reward="judge")  # fmt: skip
+    monkeypatch.setattr(training, "build_trainer", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        training.run_stage_training(spec)
+    assert (spec.checkpoints_dir / "checkpoint-1").is_dir() and not spec.final_dir.exists()
+    monkeypatch.setattr(training, "build_trainer", build)
+    outcome = training.run_stage_training(spec)
+    assert outcome.resumed_from == str(spec.checkpoints_dir / "checkpoint-1") and outcome.global_step == 2
+    state = json.loads((spec.checkpoints_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    # step 1 from the first attempt, step 2 from the resumed one: each logged once
+    assert [entry["step"] for entry in state["log_history"] if "reward" in entry] == [1, 2]
