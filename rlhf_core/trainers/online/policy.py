@@ -71,17 +71,10 @@ class CompletionPolicy(nn.Module):
         return self.policy.config
 
     def forward(
-        self,
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        response_ids: torch.Tensor,
-        response_mask: torch.Tensor,
-        *,
-        temperature: float = 1.0,
-        return_entropy: bool = False,
+        self, batch: ResponseBatch, *, temperature: float = 1.0, return_entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(log-probs [B, R] at ``temperature``, 0 where masked; entropies [B, R] detached, or None)."""
-        batch = ResponseBatch(prompt_ids, prompt_mask, response_ids, response_mask)
+        """(log-probs [B, R] of ``batch``'s responses at ``temperature``, 0 where masked; entropies [B, R] detached,
+        or None)."""
         hidden = shared_prompt_hidden_states(backbone(self.policy), batch) if self.share_prompts else None
         logps, entropy, _ = policy_logprobs(
             self.policy, batch, temperature=temperature, return_entropy=return_entropy, hidden=hidden

@@ -26,6 +26,7 @@ from rlhf_core.data.collators import PromptCollator
 from rlhf_core.data.tokenization import tokenize_prompts
 from rlhf_core.losses.grpo import PolicyLossOutput
 from rlhf_core.models.pad_token import resolve_pad_token_id
+from rlhf_core.rollout.logprobs import ResponseBatch
 from rlhf_core.rollout.sampling import SamplingParams
 from rlhf_core.trainers.online.checkpoint import GenerationBuffer, OnlineCheckpointMixin
 from rlhf_core.trainers.online.config import OnlineConfig
@@ -386,8 +387,8 @@ class OnlineTrainer(OnlineCheckpointMixin, Trainer):
         part, _ = rollout.group.batch.select(rows).trimmed()
         width = part.response_ids.shape[1]
         mask = rollout.mask[rows][:, :width]
-        logps, entropy = model(part.prompt_ids, part.prompt_mask, part.response_ids, mask,
-                               temperature=self.args.temperature, return_entropy=True)  # fmt: skip
+        part = ResponseBatch(part.prompt_ids, part.prompt_mask, part.response_ids, mask)
+        logps, entropy = model(part, temperature=self.args.temperature, return_entropy=True)
 
         def cut(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[rows][:, :width]

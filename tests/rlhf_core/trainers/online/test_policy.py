@@ -40,8 +40,7 @@ def test_shared_prompts_give_the_joint_forward_log_probs_and_gradients():
     for share in (False, True):
         model.zero_grad()
         policy = CompletionPolicy(model, share_prompts=share)
-        logps, entropy = policy(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
-                                temperature=0.7, return_entropy=True)  # fmt: skip
+        logps, entropy = policy(batch, temperature=0.7, return_entropy=True)
         (logps * torch.arange(1.0, 7.0)).sum().backward()
         grads.append((logps.detach(), entropy, [p.grad.clone() for p in model.parameters()]))
     (plain, plain_entropy, plain_grads), (shared, shared_entropy, shared_grads) = grads
