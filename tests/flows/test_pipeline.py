@@ -80,6 +80,9 @@ def test_parent_run_and_one_child_per_stage(first_run):
         model = mlflow.get_logged_model(first_run.stages[stage].model_uri.removeprefix("models:/"))
         assert model.source_run_id == run.info.run_id
     assert len(client.search_logged_models([parent.info.experiment_id])) == len(TRAINING)
+    grpo = children["grpo"]  # and the completions it sampled and scored while training, as a table
+    table = client.load_table(grpo.info.experiment_id, "samples/training.json", run_ids=[grpo.info.run_id])
+    assert len(table) == 4 and {"step", "prompt", "completion", "advantage"} <= set(table.columns)
 
 
 def test_samples_table_columns(first_run):
