@@ -142,8 +142,8 @@ def _scoring_problems(config: PipelineConfig) -> list[str]:
     """What scores the online stages' rollouts and the evaluation must exist for the configured data."""
     problems: list[str] = []
     judged = [s for s in config.online_stages() if config.stages.get(s).reward == "judge"]
-    for stage in config.online_stages():
-        if stage not in judged and not config.has_reward_model():
+    for stage in config.online_stages():  # a "module:function" reward needs no reward model either
+        if config.stages.get(stage).reward == "reward_model" and not config.has_reward_model():
             problems.append(
                 f"stages.{stage}: {stage.upper()} scores rollouts with a reward model, but no reward model is "
                 f"trained (stages.{reward_model_stage()}.enabled is false) and model.reward_model is not set "

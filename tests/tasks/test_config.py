@@ -139,6 +139,10 @@ def test_impossible_stage_combinations():
     )
     # ... but a given reward model, or the judge, makes it possible
     config_from_mapping({"stages": {"reward": {"enabled": False}, "ppo": {"reward": "judge"}}})
+    # ... and so does a reward function (it needs no reward model)
+    functions = {"ppo": {"reward": "rlhf_core.data.synthetic:judge_responses"},
+                 "grpo": {"enabled": True, "reward": "rlhf_core.rewards:synthetic_judge_reward"}}  # fmt: skip
+    config_from_mapping({"stages": {"reward": {"enabled": False}, **functions}})
     problems = _problems({"stages": {s: {"enabled": False} for s in ("sft", "reward", "dpo", "ppo")}})
     assert any("every stage is disabled" in p for p in problems)
     (problem,) = _problems({"evaluation": {"judge": None}})

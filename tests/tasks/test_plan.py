@@ -66,6 +66,8 @@ def test_a_reward_function_is_part_of_the_online_stage_digest(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     named, data = {"stages": {"grpo": {"enabled": True, "reward": "plan_rewards:score"}}}, _data(grpo="e")
     first = _digests(named, data)
+    spec = build_plan(config_from_mapping({"output_dir": "/out", **named}), data).stages["grpo"].spec
+    assert spec.reward == "plan_rewards:score" and spec.reward_model is None  # what the trainer is given
     assert first["grpo"] != _digests({"stages": {"grpo": {"enabled": True, "reward": "judge"}}}, data)["grpo"]
     assert _digests(named, data) == first
     module.write_text("def score(completions, **_):\n    return [1.0] * len(completions)\n")
