@@ -34,15 +34,20 @@ def _length(trainer_config: Any) -> str:
     return f"{trainer_config.num_train_epochs:g} epochs"
 
 
+def _scorer(reward: str, reward_model: str | None) -> str:
+    if reward == "judge":
+        return "the synthetic judge"
+    if reward == "reward_model":
+        return f"the reward model {reward_model}"
+    return f"the reward function {reward}"
+
+
 def log_stage_start(logger: Any, job: StageJob, trainer_config: Any, run_link: str) -> None:
     spec = job.plan.spec
     data = ", ".join(f"{d.num_rows} {d.role} rows from {d.description}" for d in job.datasets)
     scoring = ""
     if STAGES[spec.stage].scored_online:
-        judge = spec.reward == "judge"
-        scoring = "; rollouts scored by " + (
-            "the synthetic judge" if judge else f"the reward model {spec.reward_model}"
-        )
+        scoring = "; rollouts scored by " + _scorer(spec.reward, spec.reward_model)
     logger.info(
         "%s: starts from %s on %s, %s (batch %d per device, learning rate %g)%s; MLflow run %s",
         spec.stage,
