@@ -1,7 +1,7 @@
 """What GRPO/RLOO report (TRL 1.16's metric names) and the table of sampled completions.
 
 Rewards are the gathered ones of a whole generation, so every process logs the same reward statistics.
-The completion table keeps the completions sampled since the last log (``rows``: a list of dicts with the step,
+The completion table keeps the completions of the latest generation (``rows``: a list of dicts with the step,
 prompt, completion, each reward function's score and the advantage), appends them at each log to
 ``<output_dir>/completions.jsonl`` (what the pipeline logs as an MLflow table) and prints them when
 ``log_completions`` is on (TRL's table of completions).
@@ -90,6 +90,8 @@ class CompletionLog:
     def add(
         self, step: int, group: Any, rewards: torch.Tensor, advantages: torch.Tensor, names: list[str]
     ) -> None:
+        # the latest generation only, as TRL's table (a deque of generation_batch_size): a long run's file stays small
+        self.rows = []
         extra = {k: v for k, v in self._extra.items() if len(v) == len(group.prompts)}
         for i, (prompt, completion) in enumerate(zip(group.prompts, group.completions)):
             row = {"step": step, "prompt": _text(prompt), "completion": _text(completion)}

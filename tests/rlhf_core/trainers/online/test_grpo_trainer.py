@@ -233,3 +233,19 @@ def test_eval_dataset_is_answered_scored_and_logged_with_the_eval_prefix(text_pr
     with pytest.raises(ValueError, match="eval_dataset has no 'prompt' column"):
         GRPOTrainer(model="rlhf-tiny", reward_funcs=spy, train_dataset=text_prompts,
                     eval_dataset=Dataset.from_dict({"text": ["x"]}), args=config())  # fmt: skip
+
+
+def test_the_completions_table_holds_the_latest_generation():
+    from types import SimpleNamespace
+
+    from rlhf_core.trainers.online.metrics import CompletionLog
+
+    log = CompletionLog()
+    for step, text in ((1, "old"), (2, "new")):
+        group = SimpleNamespace(prompts=["p", "q"], completions=[text, text])
+        log.add(step, group, torch.tensor([[1.0], [0.0]]), torch.tensor([0.5, -0.5]), ["r"])
+    rows = log.pop()
+    assert [(r["step"], r["prompt"], r["completion"], r["r"], r["advantage"]) for r in rows] == [
+        (2, "p", "new", 1.0, 0.5),
+        (2, "q", "new", 0.0, -0.5),
+    ]
