@@ -29,7 +29,17 @@ def _ensure_trl112() -> None:
     if (TRL112 / "trl").is_dir():
         return
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(TRL112), "trl==1.12.0"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(TRL112),
+            "trl==1.12.0",
+        ],
         check=True,
     )
 

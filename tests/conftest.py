@@ -140,4 +140,6 @@ def pytest_sessionstart(session):
 
     path = default_hh_rlhf_path()
     if not path.is_file():
-        raise pytest.UsageError(f"CI: the HH-RLHF file is missing at {path}; the real-data tests would only skip")
+        raise pytest.UsageError(
+            f"CI: the HH-RLHF file is missing at {path}; the real-data tests would only skip"
+        )

@@ -36,7 +36,14 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerF
 from rlhf_core.data.synthetic import SyntheticTask
 from rlhf_core.models.tiny import SEED, cached_build
 
-__all__ = ["CAUSAL_FAMILIES", "ENCODER_FAMILIES", "FAMILIES", "Family", "build_family_model", "family_model_path"]
+__all__ = [
+    "CAUSAL_FAMILIES",
+    "ENCODER_FAMILIES",
+    "FAMILIES",
+    "Family",
+    "build_family_model",
+    "family_model_path",
+]
 
 RECIPE_VERSION = 1
 VOCAB_SIZE = 512
@@ -82,7 +89,13 @@ class Family:
         return {"version": RECIPE_VERSION, "seed": SEED, "vocab": VOCAB_SIZE, **self.__dict__}
 
 
-_DECODER = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, **_LAYERS}
+_DECODER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    **_LAYERS,
+}
 _ENCODER = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_labels": 1, **_LAYERS}
 
 FAMILIES: dict[str, Family] = {
@@ -147,13 +160,20 @@ def train_family_tokenizer(family: Family, corpus: Any) -> PreTrainedTokenizerFa
         bpe.normalizer = normalizers.BertNormalizer(lowercase=True)
         bpe.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         bpe.decoder = decoders.WordPiece()
-        trainer: Any = trainers.WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False)
+        trainer: Any = trainers.WordPieceTrainer(
+            vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False
+        )
     else:  # byte-level BPE, as GPT-2, Llama-3, Qwen2 and ModernBERT use
         bpe = Tokenizer(models.BPE())
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=specials,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=VOCAB_SIZE,
+            min_frequency=2,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
     bpe.train_from_iterator(list(corpus), trainer=trainer)
     if family.prefix or family.suffix:
         single = " ".join([*family.prefix, "$A", *family.suffix])
@@ -189,4 +209,3 @@ def _init_model(family: Family, tokenizer: PreTrainedTokenizerFast) -> PreTraine
     if not family.encoder:
         model.generation_config = GenerationConfig(**ids)
     return model
-

@@ -339,7 +339,12 @@ def test_prefect_yaml_deploys_to_a_work_pool_whose_worker_runs_the_flows(stack: 
     # prefect.yaml also holds the Kubernetes deployment: its pool is created from the shipped base job template,
     # so the server checks that template too (no Kubernetes worker runs here).
     k8s_template = json.loads((root / "deployments" / "k8s" / "work-pool-template.json").read_text())
-    created = api(stack, "POST", "/work_pools/", json={"name": "rlhf-k8s", "type": "kubernetes", "base_job_template": k8s_template})
+    created = api(
+        stack,
+        "POST",
+        "/work_pools/",
+        json={"name": "rlhf-k8s", "type": "kubernetes", "base_job_template": k8s_template},
+    )
     assert created.status_code == 201, created.text
     env = {**stack.env, "RLHF_WATCH_FOLDER": str(inbox), "PREFECT_WORKER_QUERY_SECONDS": "2"}
     deploy = subprocess.run(

@@ -21,7 +21,9 @@ QUIET = {"report_to": [], "save_strategy": "no", "disable_tqdm": True, "use_cpu"
 def string_pairs(n: int, seed: int = 0) -> Dataset:
     """``n`` explicit-prompt preference pairs as plain strings (every tokenizer can take them)."""
     rows = SyntheticTask(seed).preference_dataset(n)
-    return Dataset.from_dict({key: [r[0]["content"] for r in rows[key]] for key in ("prompt", "chosen", "rejected")})
+    return Dataset.from_dict(
+        {key: [r[0]["content"] for r in rows[key]] for key in ("prompt", "chosen", "rejected")}
+    )
 
 
 def reward_model(family: str, seed: int = 0):

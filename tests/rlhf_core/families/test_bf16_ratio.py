@@ -34,7 +34,9 @@ def test_first_ratio_is_exactly_one_under_bf16(family, tmp_path, monkeypatch):
     build = experience.build_experience
 
     def build_spy(batch, **kw):
-        seen.setdefault("kl", float((kw["logprobs"] - kw["ref_logprobs"])[batch.learn_mask.bool()].abs().max()))
+        seen.setdefault(
+            "kl", float((kw["logprobs"] - kw["ref_logprobs"])[batch.learn_mask.bool()].abs().max())
+        )
         return build(batch, **kw)
 
     monkeypatch.setattr(experience, "build_experience", build_spy)

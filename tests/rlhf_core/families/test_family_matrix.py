@@ -30,17 +30,25 @@ def _sft(family, path, out):
     data = (SyntheticTask(0).sft_dataset(4) if _chat(family)
             else string_pairs(4).rename_column("chosen", "completion").remove_columns("rejected"))  # fmt: skip
     args = SFTConfig(output_dir=out, max_length=64, **STEPS)
-    return SFTTrainer(model=load_causal_lm(path), args=args, train_dataset=data, processing_class=load_tokenizer(path))
+    return SFTTrainer(
+        model=load_causal_lm(path), args=args, train_dataset=data, processing_class=load_tokenizer(path)
+    )
 
 
 def _dpo(family, path, out):
     data = SyntheticTask(0).preference_dataset(4) if _chat(family) else string_pairs(4)
     args = DPOConfig(output_dir=out, max_length=64, **STEPS)
-    return DPOTrainer(model=load_causal_lm(path), args=args, train_dataset=data, processing_class=load_tokenizer(path))
+    return DPOTrainer(
+        model=load_causal_lm(path), args=args, train_dataset=data, processing_class=load_tokenizer(path)
+    )
 
 
 def _ppo(family, path, out):
-    data = SyntheticTask(0).prompt_dataset(4, "train") if _chat(family) else string_pairs(4).select_columns(["prompt"])
+    data = (
+        SyntheticTask(0).prompt_dataset(4, "train")
+        if _chat(family)
+        else string_pairs(4).select_columns(["prompt"])
+    )
     args = PPOConfig(output_dir=out, response_length=6, num_ppo_epochs=1, **{**STEPS, "max_steps": 1})
     return PPOTrainer(args=args, model=load_causal_lm(path), train_dataset=data, processing_class=load_tokenizer(path),
                       reward_fn=lambda p, r: [float(len(x)) for x in r])  # fmt: skip

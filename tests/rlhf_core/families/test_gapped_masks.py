@@ -41,7 +41,10 @@ def llama_trainer(tmp_path_factory):
 
 def test_step_with_gapped_masks_scores_last_unmasked_token_and_keeps_every_token(llama_trainer):
     trainer, tok = llama_trainer, llama_trainer.tokenizer
-    queries = [tok("Name two fruits.", return_tensors="pt").input_ids[0], tok("Hi", return_tensors="pt").input_ids[0]]
+    queries = [
+        tok("Name two fruits.", return_tensors="pt").input_ids[0],
+        tok("Hi", return_tensors="pt").input_ids[0],
+    ]
     responses = [torch.tensor([40, 41, 42, 43, 44, 45, 46]), torch.tensor([50, 51, 52, 53])]
     masks = [torch.tensor([1, 1, 0, 0, 0, 1, 1]), torch.tensor([1, 0, 1, 0])]  # the second ends in a gap
     batch = trainer._episode_batch(queries, responses, masks)
@@ -55,7 +58,9 @@ def test_step_with_gapped_masks_scores_last_unmasked_token_and_keeps_every_token
     for row, (query, response) in enumerate(zip(queries, responses)):
         with torch.no_grad():
             logits = policy(input_ids=torch.cat([query, response])[None]).logits[0, len(query) - 1 : -1]
-        plain = (logits / trainer.args.temperature).log_softmax(-1).gather(-1, response[:, None])[:, 0] * masks[row]
+        plain = (logits / trainer.args.temperature).log_softmax(-1).gather(-1, response[:, None])[
+            :, 0
+        ] * masks[row]
         torch.testing.assert_close(exp.logprobs[row, : len(response)], plain, atol=1e-5, rtol=1e-4)
 
     before = [p.detach().clone() for p in policy.parameters()]

@@ -17,10 +17,12 @@ from rlhf_core.rollout.sampling import SamplingParams
 
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PEFT_CONFIGS = {
-    "lora-all-linear+lm_head": lambda: LoraConfig(r=4, lora_alpha=8, target_modules=[*LINEAR, "lm_head"],
-                                                  init_lora_weights=False, task_type="CAUSAL_LM"),  # fmt: skip
-    "modules_to_save": lambda: LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"],
-                                          task_type="CAUSAL_LM"),  # fmt: skip
+    "lora-all-linear+lm_head": lambda: LoraConfig(
+        r=4, lora_alpha=8, target_modules=[*LINEAR, "lm_head"], init_lora_weights=False, task_type="CAUSAL_LM"
+    ),  # fmt: skip
+    "modules_to_save": lambda: LoraConfig(
+        r=4, target_modules=["q_proj"], modules_to_save=["lm_head"], task_type="CAUSAL_LM"
+    ),  # fmt: skip
 }
 
 
@@ -76,7 +78,9 @@ def test_dpo_logprobs_use_the_effective_head(peft, tmp_path):
 
 
 def _plain_summed_nll(model, batch) -> torch.Tensor:
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}  # padded or packed
+    inputs = {
+        k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch
+    }  # padded or packed
     logits = model(**inputs).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     keep = labels != -100
@@ -108,7 +112,9 @@ def test_reward_scores_use_the_adapted_score_head(tmp_path):
 
     path = family_model_path("gpt2")
     torch.manual_seed(0)
-    peft = LoraConfig(r=4, target_modules=["c_attn", "c_proj", "c_fc"], init_lora_weights=False, task_type="SEQ_CLS")
+    peft = LoraConfig(
+        r=4, target_modules=["c_attn", "c_proj", "c_fc"], init_lora_weights=False, task_type="SEQ_CLS"
+    )
     args = RewardConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_length=64, **QUIET)
     trainer = RewardTrainer(model=load_sequence_classifier(path, num_labels=1), args=args,
                             train_dataset=string_pairs(2), processing_class=load_tokenizer(path), peft_config=peft)  # fmt: skip

@@ -33,11 +33,12 @@ def test_rollout_layout_scores_equal_plain_inference(family, tmp_path):
     end = [tok.eos_token_id] if tok.eos_token_id is not None else []
     responses = [tok(" " + c, add_special_tokens=False)["input_ids"][: 3 + 2 * i] + end
                  for i, c in enumerate(pairs["chosen"])]  # fmt: skip
-    batch = ResponseBatch(*_pad(prompts, tok.pad_token_id, left=True), *_pad(responses, tok.pad_token_id, left=False))
+    batch = ResponseBatch(
+        *_pad(prompts, tok.pad_token_id, left=True), *_pad(responses, tok.pad_token_id, left=False)
+    )
     scores = reward_model_scores(model.eval(), batch, micro_batch_size=3)
     expected = plain_scores(tmp_path, [p + r for p, r in zip(prompts, responses)])
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
-
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -49,7 +50,10 @@ def test_online_reward_model_scores_equal_plain_inference(family, tmp_path):
     model, tok = reward_model(family)
     model.save_pretrained(tmp_path), tok.save_pretrained(tmp_path)
     pairs = string_pairs(5)
-    prompts, completions = list(pairs["prompt"]), [" " + c[: 10 + 7 * i] for i, c in enumerate(pairs["chosen"])]
+    prompts, completions = (
+        list(pairs["prompt"]),
+        [" " + c[: 10 + 7 * i] for i, c in enumerate(pairs["chosen"])],
+    )
     source = RewardSource(name="rm", model=model.eval(), tokenizer=tok)
     scores = RewardFunctions._model_scores(source, prompts, completions, torch.device("cpu"), 2)
     expected = plain_scores(tmp_path, [tok(p + c)["input_ids"] for p, c in zip(prompts, completions)])

@@ -28,7 +28,9 @@ def _pairs(n: int):
     from rlhf_core.data.synthetic import SyntheticTask
 
     rows = SyntheticTask(0).preference_dataset(n)
-    return Dataset.from_dict({k: [r[0]["content"] for r in rows[k]] for k in ("prompt", "chosen", "rejected")})
+    return Dataset.from_dict(
+        {k: [r[0]["content"] for r in rows[k]] for k in ("prompt", "chosen", "rejected")}
+    )
 
 
 def train_sft(per_device: int, out: str) -> list[torch.Tensor]:
@@ -38,8 +40,12 @@ def train_sft(per_device: int, out: str) -> list[torch.Tensor]:
 
     path = family_model_path("llama")
     data = _pairs(STEPS * GLOBAL_BATCH).rename_column("chosen", "completion").remove_columns("rejected")
-    args = SFTConfig(output_dir=out, per_device_train_batch_size=per_device, learning_rate=1.0, max_length=64, **SGD)
-    trainer = SFTTrainer(model=load_causal_lm(path), args=args, train_dataset=data, processing_class=load_tokenizer(path))
+    args = SFTConfig(
+        output_dir=out, per_device_train_batch_size=per_device, learning_rate=1.0, max_length=64, **SGD
+    )
+    trainer = SFTTrainer(
+        model=load_causal_lm(path), args=args, train_dataset=data, processing_class=load_tokenizer(path)
+    )
     trainer.train()
     return [p.detach().clone() for p in trainer.model.parameters()]
 
@@ -52,7 +58,9 @@ def train_reward(per_device: int, out: str) -> list[torch.Tensor]:
     path = family_model_path("gpt2")  # pad == eos: the pooling position matters
     torch.manual_seed(0)
     model = load_sequence_classifier(path, num_labels=1)
-    args = RewardConfig(output_dir=out, per_device_train_batch_size=per_device, learning_rate=1.0, max_length=64, **SGD)
+    args = RewardConfig(
+        output_dir=out, per_device_train_batch_size=per_device, learning_rate=1.0, max_length=64, **SGD
+    )
     trainer = RewardTrainer(model=model, args=args, train_dataset=_pairs(STEPS * GLOBAL_BATCH),
                             processing_class=load_tokenizer(path))  # fmt: skip
     trainer.train()
@@ -65,7 +73,9 @@ def train_dpo(per_device: int, out: str) -> list[torch.Tensor]:
     from rlhf_core.models.loading import load_causal_lm, load_tokenizer
 
     path = family_model_path("llama")
-    args = DPOConfig(output_dir=out, per_device_train_batch_size=per_device, learning_rate=1.0, max_length=64, **SGD)
+    args = DPOConfig(
+        output_dir=out, per_device_train_batch_size=per_device, learning_rate=1.0, max_length=64, **SGD
+    )
     trainer = DPOTrainer(model=load_causal_lm(path), args=args, train_dataset=_pairs(STEPS * GLOBAL_BATCH),
                          processing_class=load_tokenizer(path))  # fmt: skip
     trainer.train()
@@ -118,14 +128,25 @@ def train_kto(per_device: int, out: str) -> list[torch.Tensor]:
     path = family_model_path("llama")
     tokenizer = load_tokenizer(path)
     # mismatched completions fixed in the data (blocks of the global batch), so both layouts score the same pairs
-    data = prepare_kto_dataset(_pairs(STEPS * GLOBAL_BATCH // 2), tokenizer, max_length=64, kl_block=GLOBAL_BATCH)
+    data = prepare_kto_dataset(
+        _pairs(STEPS * GLOBAL_BATCH // 2), tokenizer, max_length=64, kl_block=GLOBAL_BATCH
+    )
     model, reference = load_causal_lm(path), load_causal_lm(path)
     noise = torch.Generator().manual_seed(1)
     with torch.no_grad():  # reference != policy, so that z0 > 0 from the first step
         for p in reference.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=noise))
-    args = KTOConfig(output_dir=out, per_device_train_batch_size=per_device, learning_rate=1.0, beta=0.5, max_length=64, **SGD)
-    trainer = KTOTrainer(model=model, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer)
+    args = KTOConfig(
+        output_dir=out,
+        per_device_train_batch_size=per_device,
+        learning_rate=1.0,
+        beta=0.5,
+        max_length=64,
+        **SGD,
+    )
+    trainer = KTOTrainer(
+        model=model, ref_model=reference, args=args, train_dataset=data, processing_class=tokenizer
+    )
     trainer.train()
     kls = [log["kl"] for log in trainer.state.log_history if "kl" in log]
     assert kls[0] > 0.01, kls  # the reference point is in play

@@ -95,7 +95,9 @@ def test_losing_the_rename_race_keeps_the_winner_and_cleans_up(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_concurrent_builds_in_processes_give_one_complete_folder(tmp_path):
-    code = "import sys; from rlhf_core.models.tiny import tiny_model_path; print(tiny_model_path(sys.argv[1]))"
+    code = (
+        "import sys; from rlhf_core.models.tiny import tiny_model_path; print(tiny_model_path(sys.argv[1]))"
+    )
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -113,12 +115,19 @@ def test_reloads_with_auto_classes_and_matches_the_contract():
     model = AutoModelForCausalLM.from_pretrained(path)
     assert isinstance(model, LlamaForCausalLM)
     cfg = model.config
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (64, 2, 4, 256)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (
+        64,
+        2,
+        4,
+        256,
+    )
     assert cfg.max_position_embeddings == 512 and not cfg.tie_word_embeddings
     assert cfg.vocab_size == len(tokenizer) == model.get_input_embeddings().num_embeddings
     assert model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
     assert (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id) == (
-        tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
     )
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     assert tokenizer.chat_template is not None and "{% generation %}" in tokenizer.chat_template
@@ -129,7 +138,9 @@ def test_loads_as_sequence_classifier_with_pad_token_id():
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     assert model.config.pad_token_id == tokenizer.pad_token_id
-    batch = tokenizer(["Two fruits: mango.", "One fruit: plum, pear, apple."], padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["Two fruits: mango.", "One fruit: plum, pear, apple."], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         scores = model(**batch).logits
     assert scores.shape == (2, 1) and torch.isfinite(scores).all()

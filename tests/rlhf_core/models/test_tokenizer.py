@@ -26,7 +26,11 @@ CONVERSATION = [
 
 def test_special_tokens_have_fixed_ids_and_roles(tokenizer):
     assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4, 5]
-    assert (tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token) == ("<|pad|>", "<|bos|>", "<|end|>")
+    assert (tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token) == (
+        "<|pad|>",
+        "<|bos|>",
+        "<|end|>",
+    )
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
     assert tokenizer.padding_side == "right"
     assert len(tokenizer) == DEFAULT_VOCAB_SIZE
@@ -38,7 +42,12 @@ def test_special_tokens_have_fixed_ids_and_roles(tokenizer):
 
 @pytest.mark.parametrize(
     "text",
-    ["Two fruits: mango, cherry.", "  Ünïcode 日本語 — tabs\tand\nnewlines $12.50 ", "", "emoji 🙂 and \x00 bytes"],
+    [
+        "Two fruits: mango, cherry.",
+        "  Ünïcode 日本語 — tabs\tand\nnewlines $12.50 ",
+        "",
+        "emoji 🙂 and \x00 bytes",
+    ],
 )
 def test_round_trip_is_lossless_for_any_text(tokenizer, text):
     ids = tokenizer(text)["input_ids"]
@@ -86,7 +95,7 @@ def test_prompt_plus_completion_tokens_equal_full_conversation(tokenizer):
     full = tokenizer.apply_chat_template(CONVERSATION[1:3])["input_ids"]
     prompt = tokenizer.apply_chat_template(CONVERSATION[1:2], add_generation_prompt=True)["input_ids"]
     assert full[: len(prompt)] == prompt
-    assert tokenizer.decode(full[len(prompt):]) == "Two fruits: mango, cherry.<|end|>\n"
+    assert tokenizer.decode(full[len(prompt) :]) == "Two fruits: mango, cherry.<|end|>\n"
 
 
 def test_unknown_role_is_rejected_with_its_name(tokenizer):
