@@ -132,21 +132,13 @@ def generate(
     decoder = _Decoder(model, attention_mask.long(), max_new_tokens)
     stop_ids = torch.as_tensor(list(stop_token_ids or []), dtype=torch.long, device=input_ids.device)
     sampling = sampling or SamplingParams()
-    logits = decoder.prefill(input_ids)
-    if prompt_repeats > 1:
-        logits = decoder.repeat(input_ids, prompt_repeats, logits)
-        input_ids = input_ids.repeat_interleave(prompt_repeats, dim=0)
-        attention_mask = attention_mask.repeat_interleave(prompt_repeats, dim=0)
+    logits, input_ids, attention_mask = _prefill(decoder, input_ids, attention_mask, prompt_repeats)
     draws = None if row_seeds is None else row_uniforms(row_seeds, max_new_tokens, input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     tokens, logprobs, hidden = [], [], []
     for step in range(max_new_tokens):
-        scaled = torch.log_softmax(logits.float() / sampling.temperature, dim=-1) if return_logprobs else None
-        if step < min_new_tokens and stop_ids.numel():
-            logits = logits.index_fill(-1, stop_ids, -float("inf"))
-        reusable = scaled if step >= min_new_tokens else None
-        draw = None if draws is None else draws[:, step]
-        token = sample_next_token(logits, sampling, generator, logprobs=reusable, draw=draw)
+        draw, banned = None if draws is None else draws[:, step], stop_ids if step < min_new_tokens else None
+        token, scaled = _sample_step(logits, sampling, generator, draw, banned, return_logprobs)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         if scaled is not None:
@@ -164,6 +156,40 @@ def generate(
     return GenerationOutput(
         input_ids, attention_mask.long(), response, response_mask, finished, token_logprobs, states
     )
+
+
+def _prefill(
+    decoder: _Decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_repeats: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Last-position logits of the prompts, with each prompt's row (and KV cache) repeated ``prompt_repeats``
+    times: (logits [B*k, V], input_ids [B*k, P], attention_mask [B*k, P])."""
+    logits = decoder.prefill(input_ids)
+    if prompt_repeats > 1:
+        logits = decoder.repeat(input_ids, prompt_repeats, logits)
+        input_ids = input_ids.repeat_interleave(prompt_repeats, dim=0)
+        attention_mask = attention_mask.repeat_interleave(prompt_repeats, dim=0)
+    return logits, input_ids, attention_mask
+
+
+def _sample_step(
+    logits: torch.Tensor,
+    sampling: SamplingParams,
+    generator: torch.Generator | None,
+    draw: torch.Tensor | None,
+    banned: torch.Tensor | None,
+    return_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One token per row [B] from ``logits`` [B, V], and log-softmax(logits / temperature) [B, V] when asked.
+
+    The log-probs are those of the unbanned distribution (what training scores); the sampler reuses them only
+    when no token is banned (``banned``: stop ids before ``min_new_tokens``), since a ban changes the softmax.
+    """
+    scaled = torch.log_softmax(logits.float() / sampling.temperature, dim=-1) if return_logprobs else None
+    if banned is not None:
+        if banned.numel():
+            logits = logits.index_fill(-1, banned, -float("inf"))
+        return sample_next_token(logits, sampling, generator, logprobs=None, draw=draw), scaled
+    return sample_next_token(logits, sampling, generator, logprobs=scaled, draw=draw), scaled
 
 
 class _Decoder:
