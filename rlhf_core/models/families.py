@@ -35,6 +35,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerF
 
 from rlhf_core.data.synthetic import SyntheticTask
 from rlhf_core.models.tiny import SEED, cached_build
+from rlhf_core.models.tokenizer import byte_level_bpe
 
 __all__ = [
     "CAUSAL_FAMILIES",
@@ -164,16 +165,7 @@ def train_family_tokenizer(family: Family, corpus: Any) -> PreTrainedTokenizerFa
             vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False
         )
     else:  # byte-level BPE, as GPT-2, Llama-3, Qwen2 and ModernBERT use
-        bpe = Tokenizer(models.BPE())
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bpe.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=VOCAB_SIZE,
-            min_frequency=2,
-            special_tokens=specials,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
+        bpe, trainer = byte_level_bpe(VOCAB_SIZE, specials)
     bpe.train_from_iterator(list(corpus), trainer=trainer)
     if family.prefix or family.suffix:
         single = " ".join([*family.prefix, "$A", *family.suffix])

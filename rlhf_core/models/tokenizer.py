@@ -44,8 +44,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """Train the byte-level BPE on ``corpus`` and wrap it with the special tokens and the chat template."""
+def byte_level_bpe(vocab_size: int, special_tokens: list[str]) -> tuple[Tokenizer, trainers.BpeTrainer]:
+    """An untrained byte-level BPE (GPT-2's pre-tokenisation and decoder) and the trainer that fits it."""
     bpe = Tokenizer(models.BPE())
     # GPT-2 pre-tokenisation: a space joins the following word, "\n" stays its own piece (so an assistant
     # mask never bleeds into the newline that ends the role header).
@@ -54,10 +54,16 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    return bpe, trainer
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """Train the byte-level BPE on ``corpus`` and wrap it with the special tokens and the chat template."""
+    bpe, trainer = byte_level_bpe(vocab_size, list(SPECIAL_TOKENS))
     bpe.train_from_iterator(list(corpus), trainer=trainer)
     return wrap_tokenizer(bpe)
 

@@ -36,10 +36,12 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 import torch
+
+from rlhf_core.trainers.fields import help_field
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def unimplemented_fields(table: Mapping[str, Unimplemented]) -> Callable[[T], T]
             help_text = (
                 f"Accepted for TRL compatibility; only {entry.default!r} is supported ({entry.instead})."
             )
-            setattr(cls, name, field(default=entry.default, metadata={"help": help_text}))
+            setattr(cls, name, help_field(entry.default, help_text))
         cls.__annotations__ = annotations
         cls._unimplemented_fields = {**getattr(cls, "_unimplemented_fields", {}), **table}
         return cls
@@ -105,32 +107,25 @@ def cuda_bf16_available() -> bool:
 class ConfigDefaultsMixin:
     """Hardware-aware precision, quiet reporting and frequent logging for every trainer config (see module doc)."""
 
-    bf16: bool | None = field(
-        default=None,
-        metadata={
-            "help": "bf16 mixed precision. None (default) = on for a CUDA device with bf16 support, off elsewhere. "
-            "True on a machine without such a GPU falls back to fp32 with a warning unless use_cpu=True."
-        },
+    bf16: bool | None = help_field(
+        None,
+        "bf16 mixed precision. None (default) = on for a CUDA device with bf16 support, off elsewhere. "
+        "True on a machine without such a GPU falls back to fp32 with a warning unless use_cpu=True.",
     )
-    fp16: bool = field(
-        default=False,
-        metadata={"help": "fp16 mixed precision (CUDA only; falls back to fp32 with a warning elsewhere)."},
+    fp16: bool = help_field(
+        False, "fp16 mixed precision (CUDA only; falls back to fp32 with a warning elsewhere)."
     )
-    optim: str | None = field(
-        default=None,
-        metadata={"help": "Optimizer name. None = 'adamw_torch_fused' on CUDA, 'adamw_torch' elsewhere."},
+    optim: str | None = help_field(
+        None, "Optimizer name. None = 'adamw_torch_fused' on CUDA, 'adamw_torch' elsewhere."
     )
-    logging_steps: float = field(
-        default=10,
-        metadata={"help": "Log every X optimizer steps (or a ratio of the total steps when < 1)."},
+    logging_steps: float = help_field(
+        10, "Log every X optimizer steps (or a ratio of the total steps when < 1)."
     )
-    report_to: None | str | list[str] = field(
-        default="none",
-        metadata={"help": "Integrations to report to ('none' by default; the pipeline sets 'mlflow')."},
+    report_to: None | str | list[str] = help_field(
+        "none", "Integrations to report to ('none' by default; the pipeline sets 'mlflow')."
     )
-    dataloader_pin_memory: bool | None = field(
-        default=None,
-        metadata={"help": "Pin data loader memory. None (default) = only when CUDA is available."},
+    dataloader_pin_memory: bool | None = help_field(
+        None, "Pin data loader memory. None (default) = only when CUDA is available."
     )
 
     def __post_init__(self) -> None:

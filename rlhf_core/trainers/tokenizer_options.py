@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rlhf_core.trainers.fields import help_field
 
 logger = logging.getLogger(__name__)
 
@@ -20,23 +22,13 @@ class TokenizerOptionsMixin:
     `TrainingArguments`. The trainers apply them with `apply_tokenizer_options` and hand ``pad_to_multiple_of``
     (resolved to an int or None here) to their collators."""
 
-    pad_to_multiple_of: int | str | None = field(
-        default="auto",
-        metadata={
-            "help": "Round padded batch lengths up to a multiple of this. 'auto' or None: no rounding."
-        },
+    pad_to_multiple_of: int | str | None = help_field(
+        "auto", "Round padded batch lengths up to a multiple of this. 'auto' or None: no rounding."
     )
-    pad_token: str | None = field(
-        default=None, metadata={"help": "Set as the tokenizer's pad token (a token of its vocabulary)."}
-    )
-    eos_token: str | None = field(
-        default=None, metadata={"help": "Set as the tokenizer's eos token (a token of its vocabulary)."}
-    )
-    chat_template_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "A Jinja chat template file, or a tokenizer folder/name whose chat template is copied."
-        },
+    pad_token: str | None = help_field(None, "Set as the tokenizer's pad token (a token of its vocabulary).")
+    eos_token: str | None = help_field(None, "Set as the tokenizer's eos token (a token of its vocabulary).")
+    chat_template_path: str | None = help_field(
+        None, "A Jinja chat template file, or a tokenizer folder/name whose chat template is copied."
     )
 
     def __post_init__(self) -> None:

@@ -16,8 +16,7 @@ temperatures and the adaptive-entropy bounds are read only by features that rais
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
@@ -27,14 +26,9 @@ from rlhf_core.trainers.config_defaults import (
     refuse_unimplemented,
     unimplemented_fields,
 )
+from rlhf_core.trainers.fields import help_field
 
 __all__ = ["GRPO_UNIMPLEMENTED", "ONLINE_UNIMPLEMENTED", "GRPOConfig", "OnlineConfig", "RLOOConfig"]
-
-
-def _f(default: Any, text: str) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 _DECODE_LOOP = "generation runs on this project's KV-cache decode loop"
@@ -75,63 +69,75 @@ GRPO_UNIMPLEMENTED: dict[str, Unimplemented] = {
 class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
     """Fields GRPO and RLOO share (TRL 1.16's names and defaults; CPU-safe precision defaults)."""
 
-    learning_rate: float = _f(1e-6, "AdamW learning rate (TRL's default).")
-    gradient_checkpointing: bool = _f(True, "Recompute activations in backward (TRL's default: on).")
-    remove_unused_columns: bool = _f(False, "Keep every dataset column: reward functions receive them.")
+    learning_rate: float = help_field(1e-6, "AdamW learning rate (TRL's default).")
+    gradient_checkpointing: bool = help_field(True, "Recompute activations in backward (TRL's default: on).")
+    remove_unused_columns: bool = help_field(
+        False, "Keep every dataset column: reward functions receive them."
+    )
     # ---- models -------------------------------------------------------------------------------------------
-    model_init_kwargs: dict | str | None = _f(
+    model_init_kwargs: dict | str | None = help_field(
         None, "from_pretrained keyword arguments for models given by name."
     )
-    trust_remote_code: bool = _f(False, "Passed to from_pretrained for models given by name.")
-    disable_dropout: bool = _f(False, "Zero every dropout of the policy and the reference.")
+    trust_remote_code: bool = help_field(False, "Passed to from_pretrained for models given by name.")
+    disable_dropout: bool = help_field(False, "Zero every dropout of the policy and the reference.")
     # ---- data and generation ------------------------------------------------------------------------------
-    num_generations: int = _f(8, "Completions sampled per prompt (the group size).")
-    max_completion_length: int = _f(512, "Maximum new tokens per completion.")
-    shuffle_dataset: bool = _f(True, "Shuffle the prompts each epoch (from the seed).")
-    pad_to_multiple_of: int | str | None = _f(
+    num_generations: int = help_field(8, "Completions sampled per prompt (the group size).")
+    max_completion_length: int = help_field(512, "Maximum new tokens per completion.")
+    shuffle_dataset: bool = help_field(True, "Shuffle the prompts each epoch (from the seed).")
+    pad_to_multiple_of: int | str | None = help_field(
         "auto", "Pad prompt batches to a multiple of this ('auto': none)."
     )
-    num_generations_eval: int | None = _f(None, "Completions per eval prompt (None: num_generations).")
-    generation_batch_size: int | None = _f(None, "Completions per generation over all processes.")
-    steps_per_generation: int | None = _f(None, "Micro-batches per process per generation.")
-    temperature: float = _f(1.0, "Sampling temperature; log-probs are computed at the same temperature.")
-    top_p: float = _f(1.0, "Nucleus sampling mass (1.0: no limit).")
-    top_k: int = _f(0, "Sample from the k most likely tokens (0: no limit).")
-    generation_kwargs: dict | None = _f(None, "Extra generation arguments (only max_new_tokens-like keys).")
-    chat_template_kwargs: dict | None = _f(
+    num_generations_eval: int | None = help_field(
+        None, "Completions per eval prompt (None: num_generations)."
+    )
+    generation_batch_size: int | None = help_field(None, "Completions per generation over all processes.")
+    steps_per_generation: int | None = help_field(None, "Micro-batches per process per generation.")
+    temperature: float = help_field(
+        1.0, "Sampling temperature; log-probs are computed at the same temperature."
+    )
+    top_p: float = help_field(1.0, "Nucleus sampling mass (1.0: no limit).")
+    top_k: int = help_field(0, "Sample from the k most likely tokens (0: no limit).")
+    generation_kwargs: dict | None = help_field(
+        None, "Extra generation arguments (only max_new_tokens-like keys)."
+    )
+    chat_template_kwargs: dict | None = help_field(
         None, "Extra arguments for the chat template of conversational prompts."
     )
     # ---- optimisation -------------------------------------------------------------------------------------
-    beta: float = _f(0.0, "KL coefficient to the reference model (0: no reference model is kept).")
-    num_iterations: int = _f(1, "Optimisation passes over each generation (mu in the GRPO paper).")
-    epsilon: float = _f(0.2, "Lower clip range of the importance ratio.")
-    epsilon_high: float | None = _f(None, "Upper clip range (None: epsilon). DAPO's clip-higher.")
-    reward_weights: list[float] | None = _f(None, "Weight of each reward function (None: all 1).")
-    mask_truncated_completions: bool = _f(False, "Leave completions without an eos out of the loss.")
-    sync_ref_model: bool = _f(
+    beta: float = help_field(0.0, "KL coefficient to the reference model (0: no reference model is kept).")
+    num_iterations: int = help_field(1, "Optimisation passes over each generation (mu in the GRPO paper).")
+    epsilon: float = help_field(0.2, "Lower clip range of the importance ratio.")
+    epsilon_high: float | None = help_field(None, "Upper clip range (None: epsilon). DAPO's clip-higher.")
+    reward_weights: list[float] | None = help_field(None, "Weight of each reward function (None: all 1).")
+    mask_truncated_completions: bool = help_field(False, "Leave completions without an eos out of the loss.")
+    sync_ref_model: bool = help_field(
         False, "Move the reference towards the policy every ref_model_sync_steps (TR-DPO)."
     )
-    ref_model_mixup_alpha: float = _f(0.6, "ref <- alpha * policy + (1 - alpha) * ref when syncing.")
-    ref_model_sync_steps: int = _f(512, "Optimizer steps between reference syncs.")
+    ref_model_mixup_alpha: float = help_field(0.6, "ref <- alpha * policy + (1 - alpha) * ref when syncing.")
+    ref_model_sync_steps: int = help_field(512, "Optimizer steps between reference syncs.")
     # ---- logging ------------------------------------------------------------------------------------------
-    log_completions: bool = _f(False, "Print a table of sampled completions at each log (and keep them).")
-    log_multimodal: bool = _f(True, "Log images with completions (no multimodal input here: inert).")
-    num_completions_to_print: int | None = _f(None, "Rows of the printed completions table (None: all).")
-    log_unique_prompts: bool = _f(False, "Show each prompt once in the completions table.")
+    log_completions: bool = help_field(
+        False, "Print a table of sampled completions at each log (and keep them)."
+    )
+    log_multimodal: bool = help_field(True, "Log images with completions (no multimodal input here: inert).")
+    num_completions_to_print: int | None = help_field(
+        None, "Rows of the printed completions table (None: all)."
+    )
+    log_unique_prompts: bool = help_field(False, "Show each prompt once in the completions table.")
     # ---- accepted for TRL parity, inert without the features that raise -----------------------------------
-    ds3_gather_for_generation: bool = _f(True, "DeepSpeed ZeRO-3 parameter gathering for generation.")
-    vllm_mode: str = _f("colocate", "vLLM only.")
-    vllm_model_impl: str = _f("vllm", "vLLM only.")
-    vllm_enable_sleep_mode: bool = _f(False, "vLLM only.")
-    vllm_structured_outputs_regex: str | None = _f(None, "vLLM only.")
-    vllm_server_base_url: str | None = _f(None, "vLLM only.")
-    vllm_server_host: str = _f("0.0.0.0", "vLLM only.")
-    vllm_server_port: int = _f(8000, "vLLM only.")
-    vllm_server_timeout: float = _f(240.0, "vLLM only.")
-    vllm_group_port: int = _f(51216, "vLLM only.")
-    vllm_gpu_memory_utilization: float = _f(0.3, "vLLM only.")
-    vllm_max_model_length: int | None = _f(None, "vLLM only.")
-    vllm_tensor_parallel_size: int = _f(1, "vLLM only.")
+    ds3_gather_for_generation: bool = help_field(True, "DeepSpeed ZeRO-3 parameter gathering for generation.")
+    vllm_mode: str = help_field("colocate", "vLLM only.")
+    vllm_model_impl: str = help_field("vllm", "vLLM only.")
+    vllm_enable_sleep_mode: bool = help_field(False, "vLLM only.")
+    vllm_structured_outputs_regex: str | None = help_field(None, "vLLM only.")
+    vllm_server_base_url: str | None = help_field(None, "vLLM only.")
+    vllm_server_host: str = help_field("0.0.0.0", "vLLM only.")
+    vllm_server_port: int = help_field(8000, "vLLM only.")
+    vllm_server_timeout: float = help_field(240.0, "vLLM only.")
+    vllm_group_port: int = help_field(51216, "vLLM only.")
+    vllm_gpu_memory_utilization: float = help_field(0.3, "vLLM only.")
+    vllm_max_model_length: int | None = help_field(None, "vLLM only.")
+    vllm_tensor_parallel_size: int = help_field(1, "vLLM only.")
 
     def __post_init__(self) -> None:
         self._reject_unimplemented()
@@ -210,32 +216,36 @@ class OnlineConfig(ConfigDefaultsMixin, TrainingArguments):
 class GRPOConfig(OnlineConfig):
     """Configuration of `GRPOTrainer` (TRL 1.16's GRPOConfig fields and defaults)."""
 
-    delta: float | None = _f(None, "Upper cap of the unclipped ratio (two-sided clipping, arXiv:2505.07291).")
-    importance_sampling_level: str = _f("token", "'token' ratios, or 'sequence' (GSPO, arXiv:2507.18071).")
-    multi_objective_aggregation: str = _f(
+    delta: float | None = help_field(
+        None, "Upper cap of the unclipped ratio (two-sided clipping, arXiv:2505.07291)."
+    )
+    importance_sampling_level: str = help_field(
+        "token", "'token' ratios, or 'sequence' (GSPO, arXiv:2507.18071)."
+    )
+    multi_objective_aggregation: str = help_field(
         "sum_then_normalize", "'sum_then_normalize' or 'normalize_then_sum'."
     )
-    scale_rewards: str | bool = _f(
+    scale_rewards: str | bool = help_field(
         "group", "Divide advantages by the std of the 'group', the 'batch', or 'none'."
     )
-    loss_type: str = _f("dapo", "'grpo', 'bnpo', 'dr_grpo' or 'dapo' (see rlhf_core.losses.grpo).")
-    use_bias_correction_kl: bool = _f(True, "Weight the KL term by the importance ratio.")
+    loss_type: str = help_field("dapo", "'grpo', 'bnpo', 'dr_grpo' or 'dapo' (see rlhf_core.losses.grpo).")
+    use_bias_correction_kl: bool = help_field(True, "Weight the KL term by the importance ratio.")
     # ---- inert: read only by loss types and vLLM modes that raise --------------------------------------------
-    sapo_temperature_neg: float = _f(1.05, "loss_type='sapo' only (not implemented).")
-    sapo_temperature_pos: float = _f(1.0, "loss_type='sapo' only (not implemented).")
-    vespo_k_pos: float = _f(2.0, "loss_type='vespo' only (not implemented).")
-    vespo_lambda_pos: float = _f(3.0, "loss_type='vespo' only (not implemented).")
-    vespo_k_neg: float = _f(3.0, "loss_type='vespo' only (not implemented).")
-    vespo_lambda_neg: float = _f(2.0, "loss_type='vespo' only (not implemented).")
-    entropy_coef_min: float = _f(0.0, "use_adaptive_entropy only (not implemented).")
-    entropy_coef_max: float = _f(1.0, "use_adaptive_entropy only (not implemented).")
-    entropy_coef_delta: float = _f(0.005, "use_adaptive_entropy only (not implemented).")
-    entropy_target: float = _f(0.2, "use_adaptive_entropy only (not implemented).")
-    vllm_importance_sampling_correction: bool = _f(True, "vLLM only.")
-    vllm_importance_sampling_mode: str = _f("sequence_mask", "vLLM only.")
-    vllm_importance_sampling_clip_max: float | None = _f(3.0, "vLLM only.")
-    vllm_importance_sampling_clip_min: float | None = _f(None, "vLLM only.")
-    vllm_importance_sampling_cap: float | None = _f(None, "vLLM only (deprecated in TRL).")
+    sapo_temperature_neg: float = help_field(1.05, "loss_type='sapo' only (not implemented).")
+    sapo_temperature_pos: float = help_field(1.0, "loss_type='sapo' only (not implemented).")
+    vespo_k_pos: float = help_field(2.0, "loss_type='vespo' only (not implemented).")
+    vespo_lambda_pos: float = help_field(3.0, "loss_type='vespo' only (not implemented).")
+    vespo_k_neg: float = help_field(3.0, "loss_type='vespo' only (not implemented).")
+    vespo_lambda_neg: float = help_field(2.0, "loss_type='vespo' only (not implemented).")
+    entropy_coef_min: float = help_field(0.0, "use_adaptive_entropy only (not implemented).")
+    entropy_coef_max: float = help_field(1.0, "use_adaptive_entropy only (not implemented).")
+    entropy_coef_delta: float = help_field(0.005, "use_adaptive_entropy only (not implemented).")
+    entropy_target: float = help_field(0.2, "use_adaptive_entropy only (not implemented).")
+    vllm_importance_sampling_correction: bool = help_field(True, "vLLM only.")
+    vllm_importance_sampling_mode: str = help_field("sequence_mask", "vLLM only.")
+    vllm_importance_sampling_clip_max: float | None = help_field(3.0, "vLLM only.")
+    vllm_importance_sampling_clip_min: float | None = help_field(None, "vLLM only.")
+    vllm_importance_sampling_cap: float | None = help_field(None, "vLLM only (deprecated in TRL).")
 
     def _check_values(self) -> None:
         super()._check_values()
@@ -265,7 +275,11 @@ class GRPOConfig(OnlineConfig):
 class RLOOConfig(OnlineConfig):
     """Configuration of `RLOOTrainer` (TRL 1.16's RLOOConfig fields and defaults)."""
 
-    num_generations: int = _f(2, "Completions sampled per prompt (k in the RLOO paper).")
-    beta: float = _f(0.05, "KL coefficient: the summed k1 KL to the reference is subtracted from the reward.")
-    normalize_advantages: bool = _f(False, "Whiten the leave-one-out advantages over the batch.")
-    reward_clip_range: tuple[float, float] | None = _f(None, "Clip the aggregated reward to (low, high).")
+    num_generations: int = help_field(2, "Completions sampled per prompt (k in the RLOO paper).")
+    beta: float = help_field(
+        0.05, "KL coefficient: the summed k1 KL to the reference is subtracted from the reward."
+    )
+    normalize_advantages: bool = help_field(False, "Whiten the leave-one-out advantages over the batch.")
+    reward_clip_range: tuple[float, float] | None = help_field(
+        None, "Clip the aggregated reward to (low, high)."
+    )

@@ -19,12 +19,17 @@ accumulation steps follow).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
 from rlhf_core.losses.ppo import KL_ESTIMATORS
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
+from rlhf_core.trainers.config_defaults import (
+    ConfigDefaultsMixin,
+    Unimplemented,
+    unimplemented_fields,
+)
+from rlhf_core.trainers.fields import help_field
 
 __all__ = ["PPOConfig"]
 
@@ -47,10 +52,6 @@ PPO_UNIMPLEMENTED = {
 }
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass
 @unimplemented_fields(PPO_UNIMPLEMENTED)
 class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
@@ -65,115 +66,90 @@ class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
     ``PPO_UNIMPLEMENTED``.
     """
 
-    learning_rate: float = field(default=3e-6, metadata=_help("AdamW learning rate (TRL's PPO default)."))
+    learning_rate: float = help_field(3e-6, "AdamW learning rate (TRL's PPO default).")
     # Fused AdamW on the CPU too (TRL 1.12 uses it as well, transformers' default): torch's other CPU AdamW is
     # its per-parameter loop, which took 3x the fused kernel's CPU time per PPO update (0.16 vs 0.05 s on the
     # 11M benchmark model with its separate critic, 1 thread) and a tenth of the whole update.
-    optim: str | None = field(
-        default="adamw_torch_fused",
-        metadata=_help("Optimizer name (fused AdamW by default; None = the shared trainer default)."),
+    optim: str | None = help_field(
+        "adamw_torch_fused", "Optimizer name (fused AdamW by default; None = the shared trainer default)."
     )
     # ---- batch shape --------------------------------------------------------------------------------------
-    batch_size: int | None = field(
-        default=None,
-        metadata=_help("Episodes per PPO update (per process). None: per_device_train_batch_size x "
-                       "gradient_accumulation_steps x num_mini_batches."),
-    )  # fmt: skip
-    mini_batch_size: int | None = field(
-        default=None, metadata=_help("Episodes per optimizer step. None: batch_size / num_mini_batches.")
+    batch_size: int | None = help_field(None, "Episodes per PPO update (per process). None: per_device_train_batch_size x "
+                       "gradient_accumulation_steps x num_mini_batches.")  # fmt: skip
+    mini_batch_size: int | None = help_field(
+        None, "Episodes per optimizer step. None: batch_size / num_mini_batches."
     )
-    num_mini_batches: int = field(default=1, metadata=_help("Optimizer steps per PPO epoch."))
-    num_ppo_epochs: int = field(default=4, metadata=_help("Passes over each rollout batch."))
-    ppo_epochs: int | None = field(default=None, metadata=_help("Classic alias of num_ppo_epochs."))
-    total_episodes: int | None = field(
-        default=None, metadata=_help("Episodes to train on. None: num_train_epochs x len(train_dataset).")
+    num_mini_batches: int = help_field(1, "Optimizer steps per PPO epoch.")
+    num_ppo_epochs: int = help_field(4, "Passes over each rollout batch.")
+    ppo_epochs: int | None = help_field(None, "Classic alias of num_ppo_epochs.")
+    total_episodes: int | None = help_field(
+        None, "Episodes to train on. None: num_train_epochs x len(train_dataset)."
     )
-    local_rollout_forward_batch_size: int = field(
-        default=64, metadata=_help("Rows per generation call and per no-grad scoring forward.")
+    local_rollout_forward_batch_size: int = help_field(
+        64, "Rows per generation call and per no-grad scoring forward."
     )
     # ---- rollout ------------------------------------------------------------------------------------------
-    response_length: int = field(default=53, metadata=_help("Maximum new tokens per response."))
-    temperature: float = field(
-        default=0.7, metadata=_help("Sampling temperature; log-probs are computed at the same temperature.")
+    response_length: int = help_field(53, "Maximum new tokens per response.")
+    temperature: float = help_field(
+        0.7, "Sampling temperature; log-probs are computed at the same temperature."
     )
-    top_k: int | None = field(
-        default=None, metadata=_help("Sample from the k most likely tokens (None: all).")
+    top_k: int | None = help_field(None, "Sample from the k most likely tokens (None: all).")
+    top_p: float = help_field(1.0, "Nucleus sampling mass (1.0: no limit).")
+    stop_token: str | None = help_field("eos", "'eos': responses end at the tokenizer's eos token (kept, tokens after it masked); "
+                       "None: no stop token (unless stop_token_id).")  # fmt: skip
+    stop_token_id: int | None = help_field(None, "A stop token id other than eos.")
+    missing_eos_penalty: float | None = help_field(
+        None, "Subtracted from the score of responses that never emit the stop token."
     )
-    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling mass (1.0: no limit)."))
-    stop_token: str | None = field(
-        default="eos",
-        metadata=_help("'eos': responses end at the tokenizer's eos token (kept, tokens after it masked); "
-                       "None: no stop token (unless stop_token_id)."),
-    )  # fmt: skip
-    stop_token_id: int | None = field(default=None, metadata=_help("A stop token id other than eos."))
-    missing_eos_penalty: float | None = field(
-        default=None, metadata=_help("Subtracted from the score of responses that never emit the stop token.")
-    )
-    recompute_rollout_logprobs: bool = field(
-        default=False,
-        metadata=_help("False: the old log-probs are read off the sampling logits (no second policy pass). "
-                       "True: a separate forward pass computes them, with exactly the training pass's numerics."),
-    )  # fmt: skip
-    max_prompt_length: int | None = field(
-        default=None, metadata=_help("Prompts longer than this keep their last tokens (None: no limit).")
+    recompute_rollout_logprobs: bool = help_field(False, "False: the old log-probs are read off the sampling logits (no second policy pass). "
+                       "True: a separate forward pass computes them, with exactly the training pass's numerics.")  # fmt: skip
+    max_prompt_length: int | None = help_field(
+        None, "Prompts longer than this keep their last tokens (None: no limit)."
     )
     # ---- reward and KL ------------------------------------------------------------------------------------
-    kl_coef: float = field(
-        default=0.05, metadata=_help("KL penalty coefficient (initial value if adaptive).")
+    kl_coef: float = help_field(0.05, "KL penalty coefficient (initial value if adaptive).")
+    init_kl_coef: float | None = help_field(None, "Classic alias of kl_coef.")
+    kl_estimator: str = help_field("k1", "Per-token KL estimator penalised AND logged: 'k1' (log ratio), 'k2' (squared / 2) or "
+                       "'k3' ((r - 1) - log r, never negative).")  # fmt: skip
+    kl_target: float | None = help_field(
+        None, "Adaptive KL controller (arXiv:1909.08593 eq. 2): target sequence KL. None: fixed kl_coef."
     )
-    init_kl_coef: float | None = field(default=None, metadata=_help("Classic alias of kl_coef."))
-    kl_estimator: str = field(
-        default="k1",
-        metadata=_help("Per-token KL estimator penalised AND logged: 'k1' (log ratio), 'k2' (squared / 2) or "
-                       "'k3' ((r - 1) - log r, never negative)."),
-    )  # fmt: skip
-    kl_target: float | None = field(
-        default=None,
-        metadata=_help(
-            "Adaptive KL controller (arXiv:1909.08593 eq. 2): target sequence KL. None: fixed kl_coef."
-        ),
+    kl_horizon: int = help_field(10000, "Adaptive KL controller horizon, in episodes.")
+    adap_kl_ctrl: bool | None = help_field(
+        None, "Classic switch for the adaptive controller (target defaults to 6)."
     )
-    kl_horizon: int = field(default=10000, metadata=_help("Adaptive KL controller horizon, in episodes."))
-    adap_kl_ctrl: bool | None = field(
-        default=None, metadata=_help("Classic switch for the adaptive controller (target defaults to 6).")
-    )
-    target: float | None = field(default=None, metadata=_help("Classic alias of kl_target."))
-    horizon: int | None = field(default=None, metadata=_help("Classic alias of kl_horizon."))
-    whiten_rewards: bool = field(default=False, metadata=_help("Whiten per-token rewards (mean kept)."))
-    whiten_advantages: bool = field(default=True, metadata=_help("Whiten advantages over the batch."))
+    target: float | None = help_field(None, "Classic alias of kl_target.")
+    horizon: int | None = help_field(None, "Classic alias of kl_horizon.")
+    whiten_rewards: bool = help_field(False, "Whiten per-token rewards (mean kept).")
+    whiten_advantages: bool = help_field(True, "Whiten advantages over the batch.")
     # ---- PPO losses ---------------------------------------------------------------------------------------
-    cliprange: float = field(default=0.2, metadata=_help("Policy ratio clip range (epsilon)."))
-    cliprange_value: float = field(default=0.2, metadata=_help("Value clip range around the rollout values."))
-    vf_coef: float = field(default=0.1, metadata=_help("Value loss coefficient."))
-    gamma: float = field(default=1.0, metadata=_help("Discount factor."))
-    lam: float = field(default=0.95, metadata=_help("GAE lambda."))
+    cliprange: float = help_field(0.2, "Policy ratio clip range (epsilon).")
+    cliprange_value: float = help_field(0.2, "Value clip range around the rollout values.")
+    vf_coef: float = help_field(0.1, "Value loss coefficient.")
+    gamma: float = help_field(1.0, "Discount factor.")
+    lam: float = help_field(0.95, "GAE lambda.")
     # ---- models -------------------------------------------------------------------------------------------
-    disable_dropout: bool = field(
-        default=True, metadata=_help("Zero every dropout of policy, reference, value and reward models.")
+    disable_dropout: bool = help_field(
+        True, "Zero every dropout of policy, reference, value and reward models."
     )
-    model_init_kwargs: dict | None = field(
-        default=None, metadata=_help("from_pretrained keyword arguments for models given by name.")
+    model_init_kwargs: dict | None = help_field(
+        None, "from_pretrained keyword arguments for models given by name."
     )
-    dataset_num_proc: int | None = field(default=None, metadata=_help("Processes to tokenise prompts."))
-    sft_model_path: str | None = field(
-        default=None, metadata=_help("The policy to load when PPOTrainer gets no model= (a name or path).")
+    dataset_num_proc: int | None = help_field(None, "Processes to tokenise prompts.")
+    sft_model_path: str | None = help_field(
+        None, "The policy to load when PPOTrainer gets no model= (a name or path)."
     )
-    reward_model_path: str | None = field(
-        default=None,
-        metadata=_help("The reward model to load when PPOTrainer gets neither reward_model= nor reward_fn=."),
+    reward_model_path: str | None = help_field(
+        None, "The reward model to load when PPOTrainer gets neither reward_model= nor reward_fn=."
     )
-    model_adapter_name: str | None = field(
-        default=None, metadata=_help("The PEFT policy's adapter to train (None: its active one, 'default').")
+    model_adapter_name: str | None = help_field(
+        None, "The PEFT policy's adapter to train (None: its active one, 'default')."
     )
-    ref_adapter_name: str | None = field(
-        default=None,
-        metadata=_help(
-            "The PEFT policy's adapter that is the reference (None: the base model, adapters off)."
-        ),
+    ref_adapter_name: str | None = help_field(
+        None, "The PEFT policy's adapter that is the reference (None: the base model, adapters off)."
     )
-    num_sample_generations: int = field(
-        default=10,
-        metadata=_help("Times over train() that sample completions are recorded and logged (0: never)."),
+    num_sample_generations: int = help_field(
+        10, "Times over train() that sample completions are recorded and logged (0: never)."
     )
 
     def __post_init__(self) -> None:

@@ -14,8 +14,9 @@ A config re-declares a field in its own body where its type or default differs f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from rlhf_core.trainers.fields import help_field
 from rlhf_core.trainers.preference.data import check_length_policy
 
 __all__ = ["PreferenceDataFields", "ReferenceModelFields"]
@@ -26,36 +27,28 @@ class PreferenceDataFields:
     """The length policy (checked at construction), padding-free batches, dropout, tokenisation processes and the
     model's loading arguments."""
 
-    max_length: int | None = field(
-        default=1024,
-        metadata={"help": "Maximum tokens of prompt + completion per sequence (None: no limit)."},
+    max_length: int | None = help_field(
+        1024, "Maximum tokens of prompt + completion per sequence (None: no limit)."
     )
-    max_prompt_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Maximum prompt tokens (kept from the end) when truncating; None: only max_length."
-        },
+    max_prompt_length: int | None = help_field(
+        None, "Maximum prompt tokens (kept from the end) when truncating; None: only max_length."
     )
-    overlong: str = field(
-        default="truncate",
-        metadata={"help": "Rows longer than max_length: 'truncate' or 'drop' (counted in the logs)."},
+    overlong: str = help_field(
+        "truncate", "Rows longer than max_length: 'truncate' or 'drop' (counted in the logs)."
     )
-    padding_free: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Run a batch's rows (a pair's chosen + rejected) packed into fewer rows without padding when "
-            "that computes less. None (default): where the model supports it (checked at start); False: never."
-        },
+    padding_free: bool | None = help_field(
+        None,
+        "Run a batch's rows (a pair's chosen + rejected) packed into fewer rows without padding when "
+        "that computes less. None (default): where the model supports it (checked at start); False: never.",
     )
-    disable_dropout: bool = field(
-        default=True,
-        metadata={"help": "Set every dropout probability of the model (and of the reference) to 0."},
+    disable_dropout: bool = help_field(
+        True, "Set every dropout probability of the model (and of the reference) to 0."
     )
-    dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "Processes used to tokenize the datasets (None: the main process)."}
+    dataset_num_proc: int | None = help_field(
+        None, "Processes used to tokenize the datasets (None: the main process)."
     )
-    model_init_kwargs: dict | None = field(
-        default=None, metadata={"help": "from_pretrained keyword arguments when the model is given by name."}
+    model_init_kwargs: dict | None = help_field(
+        None, "from_pretrained keyword arguments when the model is given by name."
     )
 
     def __post_init__(self) -> None:
@@ -68,34 +61,20 @@ class ReferenceModelFields:
     """The reference model of DPO and KTO: precomputed log-probs, loading, TR-DPO synchronisation; and the chunk
     size of the fused log-prob kernel both score policy and reference with."""
 
-    precompute_ref_log_probs: bool = field(
-        default=False,
-        metadata={
-            "help": "Compute reference log-probs in one pass before training and keep no reference model."
-        },
+    precompute_ref_log_probs: bool = help_field(
+        False, "Compute reference log-probs in one pass before training and keep no reference model."
     )
-    precompute_ref_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Rows per batch of the precompute pass (default: per_device_eval_batch_size)."},
+    precompute_ref_batch_size: int | None = help_field(
+        None, "Rows per batch of the precompute pass (default: per_device_eval_batch_size)."
     )
-    ref_model_init_kwargs: dict | None = field(
-        default=None, metadata={"help": "from_pretrained keyword arguments when ref_model is given by name."}
+    ref_model_init_kwargs: dict | None = help_field(
+        None, "from_pretrained keyword arguments when ref_model is given by name."
     )
-    sync_ref_model: bool = field(
-        default=False,
-        metadata={
-            "help": "TR-DPO (arXiv:2404.09656): soft-update the reference from the policy during training."
-        },
+    sync_ref_model: bool = help_field(
+        False, "TR-DPO (arXiv:2404.09656): soft-update the reference from the policy during training."
     )
-    ref_model_mixup_alpha: float = field(
-        default=0.6, metadata={"help": "TR-DPO alpha: ref <- alpha * policy + (1 - alpha) * ref."}
-    )
-    ref_model_sync_steps: int = field(
-        default=512, metadata={"help": "TR-DPO tau: optimizer steps between reference updates."}
-    )
-    logprobs_chunk_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Rows per chunk of the fused linear->log-prob kernel (None: the kernel's default)."
-        },
+    ref_model_mixup_alpha: float = help_field(0.6, "TR-DPO alpha: ref <- alpha * policy + (1 - alpha) * ref.")
+    ref_model_sync_steps: int = help_field(512, "TR-DPO tau: optimizer steps between reference updates.")
+    logprobs_chunk_size: int | None = help_field(
+        None, "Rows per chunk of the fused linear->log-prob kernel (None: the kernel's default)."
     )

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
 from rlhf_core.losses.dpo import DPO_LOSSES, F_DIVERGENCES
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
+from rlhf_core.trainers.config_defaults import (
+    ConfigDefaultsMixin,
+    Unimplemented,
+    unimplemented_fields,
+)
+from rlhf_core.trainers.fields import help_field
 from rlhf_core.trainers.preference.config_fields import PreferenceDataFields, ReferenceModelFields
 from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
@@ -73,34 +78,24 @@ class DPOConfig(
     TRL fields accepted at their default only: ``DPO_UNIMPLEMENTED``.
     """
 
-    beta: float = field(default=0.1, metadata={"help": "Strength of the implicit KL constraint (> 0)."})
-    loss_type: list[str] = field(
-        default_factory=lambda: ["sigmoid"],
-        metadata={"help": f"DPO loss variant(s), one or several of {sorted(DPO_LOSSES)}."},
+    beta: float = help_field(0.1, "Strength of the implicit KL constraint (> 0).")
+    loss_type: list[str] = help_field(
+        ["sigmoid"], f"DPO loss variant(s), one or several of {sorted(DPO_LOSSES)}."
     )
-    loss_weights: list[float] | None = field(
-        default=None, metadata={"help": "One weight per loss_type entry (default 1.0 each)."}
+    loss_weights: list[float] | None = help_field(None, "One weight per loss_type entry (default 1.0 each).")
+    label_smoothing: float = help_field(
+        0.0, "Assumed preference-label flip rate in [0, 0.5) (cDPO, rDPO, EXO)."
     )
-    label_smoothing: float = field(
-        default=0.0, metadata={"help": "Assumed preference-label flip rate in [0, 0.5) (cDPO, rDPO, EXO)."}
+    ld_alpha: float | None = help_field(
+        None, "LD-DPO (arXiv:2409.06411): weight in [0, 1] of the tokens past a pair's shared length."
     )
-    ld_alpha: float | None = field(
-        default=None,
-        metadata={
-            "help": "LD-DPO (arXiv:2409.06411): weight in [0, 1] of the tokens past a pair's shared length."
-        },
+    use_weighting: bool = help_field(
+        False, "WPO (arXiv:2406.11827): weight pairs by the policy's own probability."
     )
-    use_weighting: bool = field(
-        default=False,
-        metadata={"help": "WPO (arXiv:2406.11827): weight pairs by the policy's own probability."},
+    f_divergence_type: str = help_field(
+        "reverse_kl", f"f-DPO divergence (arXiv:2309.16240): one of {sorted(F_DIVERGENCES)}."
     )
-    f_divergence_type: str = field(
-        default="reverse_kl",
-        metadata={"help": f"f-DPO divergence (arXiv:2309.16240): one of {sorted(F_DIVERGENCES)}."},
-    )
-    f_alpha_divergence_coef: float = field(
-        default=0.5, metadata={"help": "alpha of f_divergence_type='alpha_divergence'."}
-    )
+    f_alpha_divergence_coef: float = help_field(0.5, "alpha of f_divergence_type='alpha_divergence'.")
 
     def __post_init__(self) -> None:
         if isinstance(self.loss_type, str):

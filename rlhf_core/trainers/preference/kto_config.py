@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from rlhf_core.losses.kto import KTO_LOSSES
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
+from rlhf_core.trainers.config_defaults import (
+    ConfigDefaultsMixin,
+    Unimplemented,
+    unimplemented_fields,
+)
+from rlhf_core.trainers.fields import help_field
 from rlhf_core.trainers.preference.config_fields import PreferenceDataFields, ReferenceModelFields
 from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
@@ -55,7 +60,7 @@ class KTOConfig(
     """
 
     # TRL's KTO defaults that differ from TrainingArguments
-    learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
+    learning_rate: float = help_field(1e-6, "The initial learning rate for AdamW.")
     train_sampling_strategy: str = field(
         default="sequential",
         metadata={
@@ -65,22 +70,16 @@ class KTOConfig(
         },
     )
 
-    loss_type: str = field(
-        default="kto", metadata={"help": f"KTO loss variant, one of {sorted(KTO_LOSSES)}."}
+    loss_type: str = help_field("kto", f"KTO loss variant, one of {sorted(KTO_LOSSES)}.")
+    beta: float = help_field(0.1, "Strength of the implicit KL constraint (> 0).")
+    desirable_weight: float = help_field(1.0, "Weight of desirable examples' losses.")
+    undesirable_weight: float = help_field(1.0, "Weight of undesirable examples' losses.")
+    model_init_kwargs: dict | str | None = help_field(
+        None, "from_pretrained keyword arguments when the model is given by name."
     )
-    beta: float = field(default=0.1, metadata={"help": "Strength of the implicit KL constraint (> 0)."})
-    desirable_weight: float = field(default=1.0, metadata={"help": "Weight of desirable examples' losses."})
-    undesirable_weight: float = field(
-        default=1.0, metadata={"help": "Weight of undesirable examples' losses."}
-    )
-    model_init_kwargs: dict | str | None = field(
-        default=None, metadata={"help": "from_pretrained keyword arguments when the model is given by name."}
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom model code from the hub when loading by name."}
-    )
-    router_aux_loss_coef: float | None = field(
-        default=None, metadata={"help": "MoE load-balancing loss weight: only None or 0.0 (not implemented)."}
+    trust_remote_code: bool = help_field(False, "Allow custom model code from the hub when loading by name.")
+    router_aux_loss_coef: float | None = help_field(
+        None, "MoE load-balancing loss weight: only None or 0.0 (not implemented)."
     )
 
     def __post_init__(self) -> None:

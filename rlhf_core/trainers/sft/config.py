@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import TrainingArguments
 
 from rlhf_core.losses.sft import SFT_LOSSES
-from rlhf_core.trainers.config_defaults import ConfigDefaultsMixin, Unimplemented, unimplemented_fields
+from rlhf_core.trainers.config_defaults import (
+    ConfigDefaultsMixin,
+    Unimplemented,
+    unimplemented_fields,
+)
+from rlhf_core.trainers.fields import help_field
 from rlhf_core.trainers.tokenizer_options import TokenizerOptionsMixin
 
 __all__ = ["SFTConfig"]
@@ -65,78 +70,47 @@ class SFTConfig(ConfigDefaultsMixin, TokenizerOptionsMixin, TrainingArguments):
       ``NotImplementedError`` saying what to use instead).
     """
 
-    learning_rate: float = field(
-        default=2e-5, metadata={"help": "Initial AdamW learning rate (TRL's SFT default)."}
+    learning_rate: float = help_field(2e-5, "Initial AdamW learning rate (TRL's SFT default).")
+    model_init_kwargs: dict[str, Any] | None = help_field(
+        None, "Keyword arguments for from_pretrained when the model is a name/path."
     )
-    model_init_kwargs: dict[str, Any] | None = field(
-        default=None,
-        metadata={"help": "Keyword arguments for from_pretrained when the model is a name/path."},
+    dataset_text_field: str = help_field("text", "Column holding the text (language modelling).")
+    dataset_kwargs: dict[str, Any] | None = help_field(
+        None, 'Dataset preparation options: {"skip_prepare_dataset": True}.'
     )
-    dataset_text_field: str = field(
-        default="text", metadata={"help": "Column holding the text (language modelling)."}
+    dataset_num_proc: int | None = help_field(None, "Processes used to tokenise the dataset.")
+    max_length: int | None = help_field(
+        1024, "Maximum tokens per row (per packed row when packing). None = no limit."
     )
-    dataset_kwargs: dict[str, Any] | None = field(
-        default=None, metadata={"help": 'Dataset preparation options: {"skip_prepare_dataset": True}.'}
+    max_seq_length: int | None = help_field(None, "Alias of max_length (older TRL name).")
+    overlong: str = help_field("truncate", "Rows over max_length: 'truncate' or 'drop'.")
+    completion_only_loss: bool | None = help_field(
+        None, "Loss on completions only for prompt-completion data (None = True)."
     )
-    dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "Processes used to tokenise the dataset."}
+    assistant_only_loss: bool = help_field(
+        True, "Loss on assistant turns only for conversational data (needs a chat template)."
     )
-    max_length: int | None = field(
-        default=1024,
-        metadata={"help": "Maximum tokens per row (per packed row when packing). None = no limit."},
+    packing: bool = help_field(False, "Pack several documents per row (best-fit decreasing).")
+    packing_strategy: str = help_field("bfd", "Packing strategy: 'bfd'.")
+    eval_packing: bool | None = help_field(None, "Pack the eval set (None = same as packing).")
+    padding_free: bool | None = help_field(
+        None,
+        "Concatenate a micro-batch's rows into one row (position ids restart per row, no attention "
+        "across rows) instead of padding them. None = whenever it computes less and the model reads packed "
+        "position ids; True = always; False = never.",
     )
-    max_seq_length: int | None = field(
-        default=None, metadata={"help": "Alias of max_length (older TRL name)."}
+    use_fused_loss: bool = help_field(
+        True, "Compute the loss with the fused linear+log-prob kernel (no full logits)."
     )
-    overlong: str = field(
-        default="truncate", metadata={"help": "Rows over max_length: 'truncate' or 'drop'."}
+    fused_chunk_size: int | None = help_field(None, "Rows per chunk in the fused kernel.")
+    token_accuracy_every_step: bool = help_field(
+        False, "Measure mean_token_accuracy on every step (costs an extra vocab pass)."
     )
-    completion_only_loss: bool | None = field(
-        default=None, metadata={"help": "Loss on completions only for prompt-completion data (None = True)."}
+    loss_type: str = help_field("nll", f"Token loss: one of {sorted(SFT_LOSSES)} ('dft': arXiv:2508.05629).")
+    truncation_mode: str = help_field(
+        "keep_start", "Rows over max_length keep their first ('keep_start') or last ('keep_end') tokens."
     )
-    assistant_only_loss: bool = field(
-        default=True,
-        metadata={"help": "Loss on assistant turns only for conversational data (needs a chat template)."},
-    )
-    packing: bool = field(
-        default=False, metadata={"help": "Pack several documents per row (best-fit decreasing)."}
-    )
-    packing_strategy: str = field(default="bfd", metadata={"help": "Packing strategy: 'bfd'."})
-    eval_packing: bool | None = field(
-        default=None, metadata={"help": "Pack the eval set (None = same as packing)."}
-    )
-    padding_free: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Concatenate a micro-batch's rows into one row (position ids restart per row, no attention "
-            "across rows) instead of padding them. None = whenever it computes less and the model reads packed "
-            "position ids; True = always; False = never."
-        },
-    )
-    use_fused_loss: bool = field(
-        default=True,
-        metadata={"help": "Compute the loss with the fused linear+log-prob kernel (no full logits)."},
-    )
-    fused_chunk_size: int | None = field(
-        default=None, metadata={"help": "Rows per chunk in the fused kernel."}
-    )
-    token_accuracy_every_step: bool = field(
-        default=False,
-        metadata={"help": "Measure mean_token_accuracy on every step (costs an extra vocab pass)."},
-    )
-    loss_type: str = field(
-        default="nll",
-        metadata={"help": f"Token loss: one of {sorted(SFT_LOSSES)} ('dft': arXiv:2508.05629)."},
-    )
-    truncation_mode: str = field(
-        default="keep_start",
-        metadata={
-            "help": "Rows over max_length keep their first ('keep_start') or last ('keep_end') tokens."
-        },
-    )
-    shuffle_dataset: bool = field(
-        default=False, metadata={"help": "Shuffle the raw rows (with seed) before tokenising."}
-    )
+    shuffle_dataset: bool = help_field(False, "Shuffle the raw rows (with seed) before tokenising.")
 
     def __post_init__(self) -> None:
         self._resolve_max_length()
