@@ -105,16 +105,20 @@ def sample_from_probs(
     return token.clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
-def episode_seeds(seed: int, update: int, positions: Iterable[int]) -> list[int]:
+def episode_seeds(
+    seed: int, update: int, positions: Iterable[int], *, stream: int | None = None
+) -> list[int]:
     """One sampling seed per episode, from (run seed, update, the episode's place in the global batch).
 
     A rollout sampled from one generator per process depends on how the global batch is split: with 2 processes
     each rank draws the first numbers of the same stream for its own rows, so 2 ranks sample other responses
     than 1 process with the whole batch. Seeds per episode make an episode's sample independent of the layout.
+    ``stream`` (a non-negative int) keeps other samplings of one run (e.g. evaluation's) apart from training's.
     """
     mask = 2**64 - 1  # SeedSequence takes non-negative entropy
+    head = [seed & mask] if stream is None else [seed & mask, stream]
     return [
-        int(np.random.SeedSequence([seed & mask, update, position]).generate_state(1, np.uint64)[0])
+        int(np.random.SeedSequence([*head, update, position]).generate_state(1, np.uint64)[0])
         for position in positions
     ]
 

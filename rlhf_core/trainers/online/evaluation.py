@@ -13,10 +13,13 @@ from typing import Any
 
 import torch
 
-from rlhf_core.trainers.online.groups import local_examples, sample_completions
+from rlhf_core.trainers.online.groups import local_examples, local_seeds, sample_completions
 from rlhf_core.trainers.online.metrics import completion_metrics, reward_metrics
 
 __all__ = ["evaluate_generations"]
+
+# Evaluation samples from its own seeds (per global step and completion), apart from training's.
+_EVAL_STREAM = 1
 
 
 def _ignore(*_: Any) -> None:
@@ -38,6 +41,8 @@ def evaluate_generations(trainer: Any, dataset: Any, prefix: str = "eval") -> di
             trainer._policy(), examples, tokenizer=trainer.processing_class, collator=trainer.data_collator,
             max_completion_length=args.max_completion_length, sampling=trainer._sampling(),
             stop_token_ids=trainer.stop_ids, return_logprobs=False, device=acc.device, num_generations=generations,
+            row_seeds=local_seeds(args.seed, trainer.state.global_step, len(examples), rank=acc.process_index,
+                                  offset=start * generations, stream=_EVAL_STREAM),
         )  # fmt: skip
         columns = {
             **group.columns,

@@ -20,9 +20,9 @@ from rlhf_core.data.formats import is_conversational
 from rlhf_core.models.module_state import eval_mode
 from rlhf_core.rollout.generation import generate
 from rlhf_core.rollout.logprobs import ResponseBatch
-from rlhf_core.rollout.sampling import SamplingParams
+from rlhf_core.rollout.sampling import SamplingParams, episode_seeds
 
-__all__ = ["GroupBatch", "generation_rows", "sample_completions"]
+__all__ = ["GroupBatch", "generation_rows", "local_examples", "local_seeds", "sample_completions"]
 
 _HIDDEN_COLUMNS = ("prompt", "completion", "completion_ids", "input_ids", "attention_mask")
 
@@ -72,6 +72,19 @@ def local_examples(
     return [dataset[int(r)] for r in repeated[rank * share : (rank + 1) * share]]
 
 
+def local_seeds(
+    seed: int, generation: int, count: int, *, rank: int, offset: int = 0, stream: int | None = None
+) -> list[int]:
+    """The sampling seeds of this process's ``count`` completions of one generation (see `local_examples`).
+
+    Completion ``i`` of the generation's prompt-major list (prompt index x num_generations + j, plus ``offset``)
+    samples from its own seed, so the same generation samples the same completions on 1 process or split over
+    several.
+    """
+    first = offset + rank * count
+    return episode_seeds(seed, generation, range(first, first + count), stream=stream)
+
+
 def _completion_texts(
     ids: torch.Tensor, mask: torch.Tensor, tokenizer: Any
 ) -> tuple[list[str], list[list[int]]]:
@@ -103,10 +116,12 @@ def sample_completions(
     return_logprobs: bool,
     device: torch.device,
     num_generations: int = 1,
+    row_seeds: list[int] | None = None,
 ) -> GroupBatch:
     """Sample one completion per example from causal LM ``model`` with PPO's decode loop, in one chunk.
 
     Whole groups of ``num_generations`` copies of a prompt are prefilled once (``generate(prompt_repeats=...)``).
+    ``row_seeds`` (one per example, `local_seeds`): each completion samples from its own seed.
     """
     repeats = prompt_repeats(examples, num_generations)
     collated = collator(examples[::repeats])
@@ -115,7 +130,7 @@ def sample_completions(
         out = generate(
             model, prompt_ids, prompt_mask, max_new_tokens=max_completion_length, pad_token_id=collator.pad_token_id,
             stop_token_ids=stop_token_ids, sampling=sampling, return_logprobs=return_logprobs,
-            prompt_repeats=repeats,
+            prompt_repeats=repeats, row_seeds=row_seeds,
         )  # fmt: skip
     batch = ResponseBatch(
         out.prompt_ids, out.prompt_mask.long(), out.response_ids.long(), out.response_mask.long()

@@ -31,7 +31,13 @@ from rlhf_core.rollout.sampling import SamplingParams
 from rlhf_core.trainers.online.checkpoint import GenerationBuffer, OnlineCheckpointMixin
 from rlhf_core.trainers.online.config import OnlineConfig
 from rlhf_core.trainers.online.evaluation import evaluate_generations
-from rlhf_core.trainers.online.groups import GroupBatch, generation_rows, local_examples, sample_completions
+from rlhf_core.trainers.online.groups import (
+    GroupBatch,
+    generation_rows,
+    local_examples,
+    local_seeds,
+    sample_completions,
+)
 from rlhf_core.trainers.online.metrics import (
     COMPLETIONS_FILE,
     CompletionLog,
@@ -269,6 +275,7 @@ class OnlineTrainer(OnlineCheckpointMixin, Trainer):
             max_completion_length=args.max_completion_length, sampling=self._sampling(),
             stop_token_ids=self.stop_ids, return_logprobs=self._needs_old_logps(), device=acc.device,
             num_generations=args.num_generations,
+            row_seeds=local_seeds(args.seed, self._generations, len(examples), rank=acc.process_index),
         )  # fmt: skip
         mask = group.batch.response_mask
         if args.mask_truncated_completions:
