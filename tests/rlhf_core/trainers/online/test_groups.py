@@ -22,7 +22,10 @@ def test_local_seeds_of_two_ranks_are_one_ranks_seeds_split():
 
 def test_a_generation_split_over_two_processes_samples_the_same_completions():
     model, tokenizer = load_causal_lm(TINY_MODEL).eval(), load_tokenizer(TINY_MODEL)
-    texts = ["Name two fruits.", "List three colours for a flag, please."]  # different lengths: padding differs
+    texts = [
+        "Name two fruits.",
+        "List three colours for a flag, please.",
+    ]  # different lengths: padding differs
     examples = []
     for text in texts:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
