@@ -103,6 +103,12 @@ def cuda_bf16_available() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+_CHECKPOINTING_ALIASES = (
+    ("gradient_checkpointing", "activation_checkpointing"),
+    ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+)
+
+
 @dataclass
 class ConfigDefaultsMixin:
     """Hardware-aware precision, quiet reporting and frequent logging for every trainer config (see module doc)."""
@@ -131,6 +137,11 @@ class ConfigDefaultsMixin:
     def __post_init__(self) -> None:
         refuse_unimplemented(self)
         self._resolve_precision()
+        # TRL's configs (and the scripts written for them) say gradient_checkpointing; transformers 5 renamed it
+        # activation_checkpointing and warns on every config built with the old name. Both are accepted, quietly.
+        for old, new in _CHECKPOINTING_ALIASES:
+            if hasattr(self, new) and getattr(self, new) is None and getattr(self, old, None) is not None:
+                setattr(self, new, getattr(self, old))
         if self.optim is None:
             on_cuda = torch.cuda.is_available() and not getattr(self, "use_cpu", False)
             self.optim = "adamw_torch_fused" if on_cuda else "adamw_torch"

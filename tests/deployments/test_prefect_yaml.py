@@ -88,3 +88,18 @@ def test_trigger_is_a_valid_deployment_trigger_rendering_to_a_valid_config(deplo
     config = PipelineConfig.model_validate(render(trigger.parameters, event)["config"])
     assert config.data.preference.path == fields["payload"]["uri"]
     assert config.name == f"default-data-{fields['payload']['version']}"
+
+
+def test_the_run_form_and_the_retraining_run_are_configs_default_yaml(deployments, tmp_path):
+    """The form a UI user edits is the embedded default, and retraining keeps it but for the new data."""
+    default = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    for name in ("rlhf-pipeline", "rlhf-pipeline-gpu"):
+        assert deployments[name]["parameters"]["config"] == default, name
+    on_ray = deployments["rlhf-pipeline-k8s"]["parameters"]["config"]
+    assert on_ray["scale_out"]["backend"] == "ray"
+    assert {**on_ray, "name": "default", "scale_out": default["scale_out"]} == default
+    (raw,) = deployments["rlhf-pipeline"]["triggers"]
+    retrain = raw["parameters"]["config"]
+    assert retrain["data"]["preference"]["source"] == "file"
+    unchanged = {**retrain, "name": default["name"], "data": {**retrain["data"], "preference": None}}
+    assert unchanged == {**default, "data": {**default["data"], "preference": None}}
