@@ -1,5 +1,5 @@
-"""End to end against real servers: serve the deployments, start two pipeline runs at once from the REST API as
-the UI does, check MLflow through its REST API, then drop a preference file and see ingestion trigger a
+"""End to end against real servers: serve the deployments, start four runs of one config at once from the REST API
+as the UI does (each stage trains once, the others wait on its lock and reuse it), check MLflow through its REST API, then drop a preference file and see ingestion trigger a
 retraining run. Prints what it measured (time to trigger, run time, events seen).
 """
 
@@ -25,6 +25,7 @@ PIPELINE = ("rlhf-pipeline", "rlhf-pipeline")  # flow name, deployment name
 WATCHER = ("watch-preference-folder", "watch-preference-folder")
 STAGES = ("sft", "reward", "dpo", "ppo")
 RUN_TIMEOUT = 720.0
+CONCURRENT_RUNS = 4  # issue 13: four runs of one config started at once from the UI all complete
 # Credentials the served process holds (MLflow basic auth, a hub token): none may reach logs, params or tags.
 CANARIES = {
     "MLFLOW_TRACKING_USERNAME": "e2e-user",
@@ -161,8 +162,8 @@ def served(stack: Stack, tmp_path: Path):
         stop_process(proc)
 
 
-def _check_two_concurrent_runs(stack: Stack, runs: list[dict], output: Path) -> None:
-    """Both runs have their own parent run and stage runs; each stage folder was trained by one run only."""
+def _check_concurrent_runs(stack: Stack, runs: list[dict], output: Path) -> None:
+    """Every run has its own parent run and stage runs; each stage folder was trained by one run only."""
     mlruns, tags = mlflow_runs(stack, "e2e")
     trained = {stage: 0 for stage in STAGES}
     for run in runs:
@@ -187,7 +188,7 @@ def _check_two_concurrent_runs(stack: Stack, runs: list[dict], output: Path) -> 
             ).get("files", [])
             assert {Path(f["path"]).name for f in files} >= {"before.json", "after.json"}, files
             trained[stage] += "rlhf.reused_checkpoint" not in child_tags
-    # The same config at once: one run trains each stage folder, the other waits and reuses it (no overwrite).
+    # The same config at once: one run trains each stage folder, the others wait and reuse it (no overwrite).
     assert trained == {stage: 1 for stage in STAGES}, trained
     finals = sorted(p.parent.name.split("-")[0] for p in (output / "stages").glob("*/final"))
     assert finals == sorted(STAGES), finals
@@ -228,14 +229,14 @@ def test_ui_runs_mlflow_structure_then_ingestion_retrains(stack: Stack, served):
     assert "config" in pipeline["parameter_openapi_schema"]["properties"], "no parameter form"
     assert pipeline["enforce_parameter_schema"]
 
-    # --- two runs from the UI at once: the form's values, one field edited -------------------------------
+    # --- four runs from the UI at once: the form's values, one field edited ------------------------------
     parameters = {"config": {**TINY_CONFIG, "name": "e2e-from-ui"}}
     posted = time.monotonic()
     runs = [
         api(
             stack, "POST", f"/deployments/{pipeline['id']}/create_flow_run", json={"parameters": parameters}
         ).json()
-        for _ in range(2)
+        for _ in range(CONCURRENT_RUNS)
     ]
     wait_until(
         lambda: flow_run(stack, runs[0]["id"])["state_type"] != "SCHEDULED",
@@ -259,7 +260,7 @@ def test_ui_runs_mlflow_structure_then_ingestion_retrains(stack: Stack, served):
     for final in finals:
         assert final["state_type"] == "COMPLETED", f"{final['state']}\n{served['proc'].log_tail(8000)}"
         assert final["parameters"]["config"]["name"] == "e2e-from-ui"
-    _check_two_concurrent_runs(stack, runs, served["output"])
+    _check_concurrent_runs(stack, runs, served["output"])
     _assert_no_secret_leaked(stack, runs, served["proc"].log_tail(10**9))
 
     # --- new preference data: the watcher ingests it, the event fires, the trigger starts a retraining ----
@@ -321,7 +322,7 @@ def test_ui_runs_mlflow_structure_then_ingestion_retrains(stack: Stack, served):
 
     print(
         f"\nE2E measured: serve -> deployment registered {time_to_serve:.1f} s; time to trigger (REST "
-        f"create_flow_run -> runner picked the run up) {time_to_trigger:.1f} s; two concurrent tiny pipeline runs "
+        f"create_flow_run -> runner picked the run up) {time_to_trigger:.1f} s; {CONCURRENT_RUNS} concurrent tiny pipeline runs "
         f"{run_time:.1f} s; file dropped -> preference-data.arrived {time_to_event:.1f} s -> retraining flow run "
         f"created {time_to_retrain:.1f} s; events seen: {len(all_events)} preference-data.arrived (version "
         f"{payload['version']}, {payload['rows']} rows) for 2 drops of the same content; retraining runs: "
