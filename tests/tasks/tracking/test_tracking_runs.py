@@ -3,10 +3,13 @@ callback logging into the stage run without ending it or starting runs of its ow
 
 from __future__ import annotations
 
+import json
 import threading
+import warnings
 
 import mlflow
 import pytest
+from datasets import Dataset, load_from_disk
 from mlflow.tracking import MlflowClient
 
 from tasks.stage_specs import StageSpec
@@ -108,3 +111,25 @@ def test_ui_command():
         "mlflow ui --backend-store-uri sqlite:///mlflow.db"
     )
     assert tracking.ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
+
+
+def test_logged_dataset_has_mlflows_own_schema_and_every_rows_count(mlflow_store, tmp_path):
+    """The schema is inferred from the first rows only (speed); it must equal MLflow's inference over 10,000."""
+    rows = [
+        {"prompt": f"q{i}", "chosen": [{"role": "assistant", "content": "a" * i}], "score": float(i), "n": i}
+        for i in range(tracking.SCHEMA_ROWS * 3)
+    ]
+    path = str(tmp_path / "pairs")
+    Dataset.from_list(rows).save_to_disk(path)
+    with (
+        tracking.parent_run("datasets", "pipeline", {}) as parent,
+        tracking.stage_run(parent, "dpo") as child,
+    ):
+        tracking.log_dataset(path, name="preference", digest="d" * 64, context="training")
+    (logged,) = MlflowClient().get_run(child).inputs.dataset_inputs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mlflows = mlflow.data.from_huggingface(load_from_disk(path), name="x", digest="0" * 32, source=path)
+    assert logged.dataset.schema == mlflows.to_dict()["schema"]
+    assert json.loads(logged.dataset.schema)["mlflow_colspec"]  # a real schema: one entry per column
+    assert json.loads(logged.dataset.profile)["num_rows"] == len(rows)
