@@ -67,12 +67,6 @@ class PPOConfig(ConfigDefaultsMixin, TrainingArguments):
     """
 
     learning_rate: float = help_field(3e-6, "AdamW learning rate (TRL's PPO default).")
-    # Fused AdamW on the CPU too (TRL 1.12 uses it as well, transformers' default): torch's other CPU AdamW is
-    # its per-parameter loop, which took 3x the fused kernel's CPU time per PPO update (0.16 vs 0.05 s on the
-    # 11M benchmark model with its separate critic, 1 thread) and a tenth of the whole update.
-    optim: str | None = help_field(
-        "adamw_torch_fused", "Optimizer name (fused AdamW by default; None = the shared trainer default)."
-    )
     # ---- batch shape --------------------------------------------------------------------------------------
     batch_size: int | None = help_field(None, "Episodes per PPO update (per process). None: per_device_train_batch_size x "
                        "gradient_accumulation_steps x num_mini_batches.")  # fmt: skip
